@@ -1,0 +1,42 @@
+"""The embedded PostgreSQL used when DATABASE_URL is unset.
+
+One per user, started on first use and left running for the next command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from aggregator.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def data_directory() -> Path:
+    """Per-user data directory (XDG_DATA_HOME respected), shared by every command."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "goldmane-edge-aggregator" / "pgdata"
+
+
+def embedded_database_url() -> str:
+    """Start (or find running) the embedded server and return its URL (Unix socket, no password)."""
+    try:
+        import pgserver
+    except ImportError:
+        raise SettingsError(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+            "set DATABASE_URL or pip install 'goldmane-edge-aggregator[embedded]'"
+        ) from None
+    directory = data_directory()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None leaves it running after we exit, so the next command reuses it.
+    server = pgserver.get_server(directory, cleanup_mode=None)
+    log.info("using the embedded PostgreSQL", extra={"data_directory": str(directory)})
+    return str(server.get_uri())
+
+
+def resolve_database_url(url: str | None) -> str:
+    """The configured URL, or the embedded server's."""
+    return url if url is not None else embedded_database_url()

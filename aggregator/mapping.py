@@ -1,0 +1,108 @@
+"""From one Goldmane flow report to the connection it describes, or the reason to skip it.
+
+The rule (README "Counting and verdict"): a connection is (source namespace,
+source name, destination namespace, destination name, destination port,
+protocol); `dest_service_*` never split it. Reports whose ends are not both
+real, distinct namespaces are not edges.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aggregator.wire import goldmane_pb2
+
+# Verdict ranks: when reports of one connection disagree, the highest wins.
+RANK_UNSPECIFIED: Final = 0
+RANK_PASS: Final = 1
+RANK_ALLOW: Final = 2
+RANK_DENY: Final = 3
+ACTION_BY_RANK: Final = ("unspecified", "pass", "allow", "deny")
+_RANK_BY_WIRE_ACTION: Final = {
+    goldmane_pb2.ActionUnspecified: RANK_UNSPECIFIED,
+    goldmane_pb2.Allow: RANK_ALLOW,
+    goldmane_pb2.Deny: RANK_DENY,
+    goldmane_pb2.Pass: RANK_PASS,
+}
+_KNOWN_REPORTERS: Final = frozenset(
+    (goldmane_pb2.ReporterUnspecified, goldmane_pb2.Src, goldmane_pb2.Dst)
+)
+
+# Goldmane's namespace for host endpoints, global network sets and networks.
+NOT_NAMESPACED: Final = "-"
+# A Kubernetes namespace is an RFC 1123 label.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+# Skip reasons, exported as the `reason` label of the skipped-flows metric.
+SKIP_NO_KEY: Final = "no_key"
+SKIP_NOT_NAMESPACED: Final = "not_namespaced"
+SKIP_SELF_EDGE: Final = "self_edge"
+SKIP_INVALID_NAMESPACE: Final = "invalid_namespace"
+SKIP_UNKNOWN_ENUM: Final = "unknown_enum"
+SKIP_BAD_TIME: Final = "bad_time"
+SKIP_DUPLICATE: Final = "duplicate"
+SKIP_REASONS: Final = (
+    SKIP_NO_KEY,
+    SKIP_NOT_NAMESPACED,
+    SKIP_SELF_EDGE,
+    SKIP_INVALID_NAMESPACE,
+    SKIP_UNKNOWN_ENUM,
+    SKIP_BAD_TIME,
+    SKIP_DUPLICATE,
+)
+
+Connection = tuple[str, str, str, str, int, str]
+"""(src_ns, src_name, dst_ns, dst_name, dst_port, proto)"""
+
+
+class Report:
+    """One flow report reduced to what the trail keeps. Slots: it is made per flow."""
+
+    __slots__ = ("bucket_end", "bucket_start", "connection", "rank")
+
+    def __init__(
+        self, connection: Connection, rank: int, bucket_start: int, bucket_end: int
+    ) -> None:
+        self.connection = connection
+        self.rank = rank
+        self.bucket_start = bucket_start
+        self.bucket_end = bucket_end
+
+
+# Namespaces repeat endlessly; remembering the verdict keeps the regex off the hot path.
+_namespace_verdicts: dict[str, bool] = {}
+_NAMESPACE_CACHE_LIMIT: Final = 100_000
+
+
+def _is_namespace(name: str) -> bool:
+    verdict = _namespace_verdicts.get(name)
+    if verdict is None:
+        verdict = _NAMESPACE.fullmatch(name) is not None
+        if len(_namespace_verdicts) < _NAMESPACE_CACHE_LIMIT:
+            _namespace_verdicts[name] = verdict
+    return verdict
+
+
+def report_of(flow: goldmane_pb2.Flow) -> Report | str:
+    """The report a flow makes about its connection, or a skip reason from SKIP_REASONS."""
+    if not flow.HasField("Key"):
+        return SKIP_NO_KEY
+    key = flow.Key
+    src_ns = key.source_namespace
+    dst_ns = key.dest_namespace
+    if not src_ns or not dst_ns or src_ns == NOT_NAMESPACED or dst_ns == NOT_NAMESPACED:
+        return SKIP_NOT_NAMESPACED
+    if not _is_namespace(src_ns) or not _is_namespace(dst_ns):
+        return SKIP_INVALID_NAMESPACE
+    if src_ns == dst_ns:
+        return SKIP_SELF_EDGE
+    rank = _RANK_BY_WIRE_ACTION.get(key.action)
+    if rank is None or key.reporter not in _KNOWN_REPORTERS:
+        return SKIP_UNKNOWN_ENUM
+    start = flow.start_time
+    end = flow.end_time
+    if start <= 0 or end < start:
+        return SKIP_BAD_TIME
+    connection = (src_ns, key.source_name, dst_ns, key.dest_name, key.dest_port, key.proto)
+    return Report(connection, rank, start, end)

@@ -1,0 +1,194 @@
+"""Settings of every command, read from the environment in one place and validated once.
+
+A bad value raises SettingsError with a one-line message; commands turn that
+into exit status 2 before doing any work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg.conninfo
+
+DEFAULT_GOLDMANE_HOST = "goldmane.calico-system.svc.cluster.local:7443"
+DEFAULT_CA_FILE = "/etc/goldmane/ca.crt"
+DEFAULT_CERT_FILE = "/etc/goldmane/tls.crt"
+DEFAULT_KEY_FILE = "/etc/goldmane/tls.key"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line, safe to print."""
+
+
+@dataclass(frozen=True)
+class GoldmaneSettings:
+    """Where Goldmane is and how to prove who we are to it."""
+
+    host: str
+    port: int
+    server_name: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    insecure: bool
+
+    @property
+    def target(self) -> str:
+        """The gRPC target, with IPv6 literals bracketed."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Everything `edge-aggregator` needs, validated."""
+
+    goldmane: GoldmaneSettings
+    database_url: str | None
+    http_port: int
+    flush_interval: float
+    log_format: str
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Parse a 1/0-style flag, rejecting anything else rather than guessing."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be 1 or 0, not {value!r}")
+
+
+def parse_host_port(name: str, value: str) -> tuple[str, int]:
+    """Split `host:port` (or `[v6]:port`) and check both halves."""
+    match = re.fullmatch(
+        r"\[(?P<v6>[^\]]+)\]:(?P<port>[^:]+)|(?P<host>[^:\[\]]+):(?P<port2>[^:]+)", value
+    )
+    if match is None:
+        raise SettingsError(f"{name} must be host:port, not {value!r}")
+    host = match.group("v6") or match.group("host")
+    port_text = match.group("port") or match.group("port2")
+    if match.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SettingsError(f"{name} has a malformed IPv6 address: {value!r}") from None
+    elif not _HOSTNAME.match(host):
+        raise SettingsError(f"{name} has a malformed host name: {value!r}")
+    return host, parse_port(name, port_text)
+
+
+def parse_port(name: str, value: str) -> int:
+    """A TCP port number, 0 meaning 'any free port' is not allowed here."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise SettingsError(f"{name} must be a port number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
+def parse_seconds(name: str, value: str, *, minimum: float, maximum: float) -> float:
+    """A positive number of seconds within a sane range."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not minimum <= seconds <= maximum:
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g} seconds")
+    return seconds
+
+
+def validate_database_url(value: str) -> str:
+    """Check that a libpq URL or key=value string parses, without echoing its password."""
+    if "://" in value and urlsplit(value).scheme not in ("postgres", "postgresql"):
+        raise SettingsError("DATABASE_URL must start with postgresql:// or postgres://")
+    try:
+        psycopg.conninfo.conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        raise SettingsError(f"DATABASE_URL is malformed: {redact_url(value)}") from None
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced, for logs and errors."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, hostinfo = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
+        query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def load_goldmane_settings(env: Mapping[str, str]) -> GoldmaneSettings:
+    """GOLDMANE_* settings; certificate files must exist unless plaintext is asked for."""
+    host, port = parse_host_port("GOLDMANE_HOST", env.get("GOLDMANE_HOST", DEFAULT_GOLDMANE_HOST))
+    insecure = parse_bool("GOLDMANE_TLS_INSECURE", env.get("GOLDMANE_TLS_INSECURE", ""))
+    server_name = env.get("GOLDMANE_SERVER_NAME", "").strip() or host
+    if not _HOSTNAME.match(server_name):
+        raise SettingsError(f"GOLDMANE_SERVER_NAME is not a valid host name: {server_name!r}")
+    files = {
+        name: Path(env.get(name, default))
+        for name, default in (
+            ("GOLDMANE_CA_FILE", DEFAULT_CA_FILE),
+            ("GOLDMANE_CERT_FILE", DEFAULT_CERT_FILE),
+            ("GOLDMANE_KEY_FILE", DEFAULT_KEY_FILE),
+        )
+    }
+    if not insecure:
+        for name, path in files.items():
+            if not path.is_file():
+                raise SettingsError(f"{name}: no such file: {path}")
+            if not os.access(path, os.R_OK):
+                raise SettingsError(f"{name}: file is not readable: {path}")
+    return GoldmaneSettings(
+        host=host,
+        port=port,
+        server_name=server_name,
+        ca_file=files["GOLDMANE_CA_FILE"],
+        cert_file=files["GOLDMANE_CERT_FILE"],
+        key_file=files["GOLDMANE_KEY_FILE"],
+        insecure=insecure,
+    )
+
+
+def load_database_url(env: Mapping[str, str]) -> str | None:
+    """DATABASE_URL, validated; None means the embedded PostgreSQL."""
+    value = env.get("DATABASE_URL", "").strip()
+    return validate_database_url(value) if value else None
+
+
+def load_daemon_settings(env: Mapping[str, str]) -> DaemonSettings:
+    """All settings of `edge-aggregator`."""
+    log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if log_format not in ("auto", "json", "text"):
+        raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+    return DaemonSettings(
+        goldmane=load_goldmane_settings(env),
+        database_url=load_database_url(env),
+        http_port=parse_port("HTTP_PORT", env.get("HTTP_PORT", "9090")),
+        flush_interval=parse_seconds(
+            "FLUSH_INTERVAL_SECONDS",
+            env.get("FLUSH_INTERVAL_SECONDS", "5"),
+            minimum=0.05,
+            maximum=300,
+        ),
+        log_format=log_format,
+    )

@@ -1,0 +1,1 @@
+"""Generated Goldmane stubs (proto/goldmane.proto); regenerate with `python proto/generate.py`."""

@@ -1,0 +1,1 @@
+"""The daily digest of first-seen edges (posting to Slack)."""

@@ -1,0 +1,153 @@
+"""The store against real PostgreSQL: migrations, the batched upsert, progress."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from aggregator.buffer import Batch, EdgeTotals
+from aggregator.store import IngestStore, StoreError, connect, migrate, migration_files
+
+T0 = 1_800_000_000
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def open_store(url: str) -> IngestStore:
+    store = IngestStore.open(url, source="goldmane:7443")
+    store.migrate()
+    return store
+
+
+def edges(db: Conn) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT src_ns, dst_ns, action, extract(epoch FROM first_seen)::bigint,"
+        " extract(epoch FROM last_seen)::bigint, flow_count FROM edge ORDER BY 1, 2, 3"
+    ).fetchall()
+
+
+def test_migrations_are_numbered_and_start_with_the_edge_table() -> None:
+    files = migration_files()
+    assert [version for version, _ in files] == sorted({version for version, _ in files})
+    assert files[0][1].name == "0001_edge.sql"
+
+
+def test_migrations_apply_once_in_order(database_url: str, db: Conn) -> None:
+    with connect(database_url, application_name="test") as conn:
+        first = migrate(conn)
+        second = migrate(conn)
+    assert first == [version for version, _ in migration_files()]
+    assert second == []
+    columns = db.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = 'edge' AND table_schema = current_schema() ORDER BY ordinal_position"
+    ).fetchall()
+    assert columns == [
+        ("src_ns", "text"),
+        ("dst_ns", "text"),
+        ("action", "text"),
+        ("first_seen", "timestamp with time zone"),
+        ("last_seen", "timestamp with time zone"),
+        ("flow_count", "bigint"),
+    ]
+
+
+def test_two_processes_migrating_at_once_apply_each_migration_once(database_url: str, db: Conn) -> None:
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with connect(database_url, application_name="test") as conn:
+                barrier.wait()
+                migrate(conn)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    rows = db.execute("SELECT version, count(*) FROM edge_aggregator_migration GROUP BY 1").fetchall()
+    assert all(count == 1 for _, count in rows)
+    assert len(rows) == len(migration_files())
+
+
+def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(database_url: str, db: Conn) -> None:
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
+    )
+    db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%s), to_timestamp(%s), 7)", (T0, T0 + 15))
+    with open_store(database_url) as store:
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 15, T0 + 30, 1)}, T0 + 30))
+    assert edges(db) == [("a", "b", "allow", T0, T0 + 30, 8)]
+
+
+def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
+    with connect(database_url, application_name="test") as conn, pytest.raises(StoreError, match="0002_bad.sql"):
+        migrate(conn, tmp_path)
+    assert db.execute("SELECT to_regclass('ok')").fetchone() == (None,)
+
+
+def test_a_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "1_edge.sql").write_text("SELECT 1;")
+    with pytest.raises(StoreError, match="0001_name.sql"):
+        migration_files(tmp_path)
+
+
+def test_write_upserts_edges_and_records_progress(database_url: str, db: Conn) -> None:
+    with open_store(database_url) as store:
+        first = store.write(
+            Batch(
+                {
+                    ("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 2),
+                    ("a", "c", "deny"): EdgeTotals(T0, T0 + 15, 1),
+                },
+                T0 + 15,
+            )
+        )
+        second = store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 15, T0 + 30, 3)}, T0 + 30))
+        progress = store.load_progress()
+    assert (first.upserted, first.created) == (2, 2)
+    assert (second.upserted, second.created) == (1, 0)
+    assert edges(db) == [("a", "b", "allow", T0, T0 + 30, 5), ("a", "c", "deny", T0, T0 + 15, 1)]
+    assert progress == T0 + 30
+
+
+def test_first_seen_never_moves_later_and_last_seen_never_earlier(database_url: str, db: Conn) -> None:
+    with open_store(database_url) as store:
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 60, T0 + 75, 1)}, T0 + 75))
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 1)}, T0 + 90))
+    assert edges(db) == [("a", "b", "allow", T0, T0 + 75, 2)]
+
+
+def test_retrying_a_batch_that_was_already_committed_counts_nothing_twice(database_url: str, db: Conn) -> None:
+    batch = Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 4)}, T0 + 15)
+    with open_store(database_url) as store:
+        store.write(batch)
+        retried = store.write(batch)
+    assert (retried.upserted, retried.created) == (0, 0)
+    assert edges(db) == [("a", "b", "allow", T0, T0 + 15, 4)]
+
+
+def test_progress_starts_empty_and_is_kept_per_goldmane(database_url: str) -> None:
+    with open_store(database_url) as store:
+        assert store.load_progress() is None
+        store.write(Batch({}, T0 + 15))
+    with IngestStore.open(database_url, source="other:7443") as other:
+        assert other.load_progress() is None
+
+
+def test_an_unreachable_database_is_a_one_line_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        connect("postgresql://edges:s3cret@127.0.0.1:1/edges", application_name="test")
+    assert "s3cret" not in str(caught.value)
+    assert "\n" not in str(caught.value)
