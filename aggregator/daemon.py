@@ -70,6 +70,7 @@ class Daemon:
         self._unflushed: Batch | None = None
         self._stream_connected = False
         self._database_up = False
+        self._crashed = False
         self._last_flush_ok = time.monotonic()
         buffer_options = {} if quiet_seconds is None else {"quiet_seconds": quiet_seconds}
         self.buffer = EdgeBuffer(sealed_until=None, flow_clock=flow_clock, **buffer_options)
@@ -110,8 +111,8 @@ class Daemon:
         try:
             if not self._open_store():
                 return 0
-            receiver = threading.Thread(target=self._receive_forever, name="receiver", daemon=True)
-            flusher = threading.Thread(target=self._flush_forever, name="flusher", daemon=True)
+            receiver = self._thread(self._receive_forever, "receiver")
+            flusher = self._thread(self._flush_forever, "flusher")
             receiver.start()
             flusher.start()
             while not self._stopping.wait(1.0):
@@ -119,11 +120,25 @@ class Daemon:
             deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
             receiver.join(timeout=max(0.0, deadline - time.monotonic()) / 2)
             flusher.join(timeout=max(0.0, deadline - time.monotonic()) / 2)
-            return 0 if self._final_flush(deadline) else 1
+            flushed = self._final_flush(deadline)
+            return 0 if flushed and not self._crashed else 1
         finally:
             if self._store is not None:
                 self._store.close()
             self._health.close()
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A worker whose unexpected death stops the daemon (exit 1), not leaves it half-alive."""
+
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as error:
+                log.error(f"internal error in the {name} thread; stopping", exc_info=error)
+                self._crashed = True
+                self.stop()
+
+        return threading.Thread(target=guarded, name=name, daemon=True)
 
     # -- start-up -----------------------------------------------------------------
 
@@ -297,7 +312,8 @@ class Daemon:
         self.metrics.edges_created.inc(result.created)
         if result.created:
             log.info(
-                "new edges recorded", extra={"created": result.created, "upserted": result.upserted}
+                "new edges recorded",
+                extra={"edges_created": result.created, "edges_upserted": result.upserted},
             )
 
     def _connected_store(self) -> IngestStore:

@@ -114,9 +114,13 @@ def validate_database_url(value: str) -> str:
     if "://" in value and urlsplit(value).scheme not in ("postgres", "postgresql"):
         raise SettingsError("DATABASE_URL must start with postgresql:// or postgres://")
     try:
-        psycopg.conninfo.conninfo_to_dict(value)
+        params = psycopg.conninfo.conninfo_to_dict(value)
     except psycopg.ProgrammingError:
         raise SettingsError(f"DATABASE_URL is malformed: {redact_url(value)}") from None
+    # libpq parses any port text and only fails at connect time, which looks like an outage.
+    ports = str(params.get("port") or "")
+    if ports and not all(part.isdigit() for part in ports.split(",")):
+        raise SettingsError(f"DATABASE_URL has a malformed port: {redact_url(value)}")
     return value
 
 

@@ -77,7 +77,9 @@ class RunningDaemon:
             quiet_seconds=0.3,
         )
         running = cls(daemon, threading.Thread(target=lambda: None))
-        running.thread = threading.Thread(target=lambda: running.result.append(daemon.run()), daemon=True)
+        running.thread = threading.Thread(
+            target=lambda: running.result.append(daemon.run()), daemon=True
+        )
         running.thread.start()
         return running
 
@@ -99,7 +101,9 @@ class RunningDaemon:
         return 0.0
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition"
+) -> Any:
     """Poll until predicate() is truthy; generous timeout so a loaded machine still passes."""
     deadline = time.monotonic() + timeout
     while True:

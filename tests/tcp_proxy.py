@@ -11,7 +11,9 @@ import threading
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a TCP address or a Unix socket until `cut()`."""
 
-    def __init__(self, *, host: str | None = None, port: int | None = None, unix_path: str | None = None) -> None:
+    def __init__(
+        self, *, host: str | None = None, port: int | None = None, unix_path: str | None = None
+    ) -> None:
         self._target = unix_path if unix_path else (host or "127.0.0.1", port or 5432)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]

@@ -1,4 +1,4 @@
-"""The daemon end to end: real mTLS gRPC from the Goldmane-compatible server into real PostgreSQL."""
+"""The daemon end to end: real mTLS gRPC from a Goldmane-compatible server into real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from aggregator.buffer import Batch
 from aggregator.goldmane_client import RING_REACH_SECONDS, STEP_CERTS, STEP_TLS
 from aggregator.goldmane_server import GoldmaneServer
 from aggregator.pki import Pki, make_pki
 from aggregator.store import IngestStore
-from aggregator.buffer import Batch
 from aggregator.wire import goldmane_pb2 as pb
 from tests.harness import (
     BUCKET,
@@ -44,12 +44,18 @@ def goldmane(pki: Pki, clock: ManualClock) -> Iterator[tuple[GoldmaneServer, int
     server.stop()
 
 
-def record_bucket(server: GoldmaneServer, start: int, connections: int, *, dst_ns: str = "api") -> None:
-    """`connections` pod-to-pod connections frontend -> dst_ns in the bucket at `start`, both reports."""
+def record_bucket(
+    server: GoldmaneServer, start: int, connections: int, *, dst_ns: str = "api"
+) -> None:
+    """`connections` pod-to-pod connections frontend -> dst_ns in one bucket, both reports each."""
     for index in range(connections):
         server.record_connection(
-            src_ns="frontend", src_name="web-*", dst_ns=dst_ns, dst_name=f"api-{index}-*",
-            dst_port=8080, at=start + 1,
+            src_ns="frontend",
+            src_name="web-*",
+            dst_ns=dst_ns,
+            dst_name=f"api-{index}-*",
+            dst_port=8080,
+            at=start + 1,
         )
 
 
@@ -182,7 +188,10 @@ def test_postgres_unreachable_for_several_flushes_loses_nothing(
         for bucket in range(4):
             record_bucket(server, T0 + bucket * BUCKET, 5, dst_ns=f"api-{bucket}")
             publish(server, clock, T0 + (bucket + 2) * BUCKET)
-        wait_until(lambda: running.metric("edge_aggregator_flush_failures_total") >= 3, what="failed flushes")
+        wait_until(
+            lambda: running.metric("edge_aggregator_flush_failures_total") >= 3,
+            what="failed flushes",
+        )
         assert running.get("/readyz").status_code == 503
         assert "database unreachable" in running.get("/readyz").text
         proxy.restore()
@@ -225,9 +234,15 @@ def test_malformed_results_are_counted_and_skipped(
     goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str
 ) -> None:
     server, port = goldmane
-    long_namespace = pb.FlowKey(source_namespace="x" * 300, dest_namespace="api", reporter=pb.Src, action=pb.Allow)
-    unknown_action = pb.FlowKey(source_namespace="frontend", dest_namespace="api", reporter=pb.Src, action=7)  # type: ignore[arg-type]
-    unknown_reporter = pb.FlowKey(source_namespace="frontend", dest_namespace="db", reporter=5, action=pb.Allow)  # type: ignore[arg-type]
+    long_namespace = pb.FlowKey(
+        source_namespace="x" * 300, dest_namespace="api", reporter=pb.Src, action=pb.Allow
+    )
+    unknown_action = pb.FlowKey(
+        source_namespace="frontend", dest_namespace="api", reporter=pb.Src, action=7
+    )  # type: ignore[arg-type]
+    unknown_reporter = pb.FlowKey(
+        source_namespace="frontend", dest_namespace="db", reporter=5, action=pb.Allow
+    )  # type: ignore[arg-type]
     for key in (long_namespace, unknown_action, unknown_reporter):
         server.record(key, at=T0 + 1)
     record_bucket(server, T0, 1)
@@ -235,7 +250,9 @@ def test_malformed_results_are_counted_and_skipped(
     running = RunningDaemon.start(daemon_settings(pki, port, database_url), clock)
     try:
         wait_until(lambda: progress(database_url) == T0 + BUCKET, what="flushed")
-        assert running.metric("edge_aggregator_flows_skipped_total", 'reason="invalid_namespace"') == 1
+        assert (
+            running.metric("edge_aggregator_flows_skipped_total", 'reason="invalid_namespace"') == 1
+        )
         assert running.metric("edge_aggregator_flows_skipped_total", 'reason="unknown_enum"') == 2
         assert edge_counts(database_url) == {("frontend", "api", "allow"): 1}
     finally:
@@ -247,11 +264,17 @@ def failures_at(running: RunningDaemon, step: str) -> float:
 
 
 def test_a_server_cert_from_another_ca_fails_the_tls_handshake_and_is_retried(
-    goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str, tmp_path: Path
+    goldmane: tuple[GoldmaneServer, int],
+    clock: ManualClock,
+    pki: Pki,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     _, port = goldmane
     other = make_pki(tmp_path)
-    running = RunningDaemon.start(daemon_settings(pki, port, database_url, ca_file=other.ca_cert), clock)
+    running = RunningDaemon.start(
+        daemon_settings(pki, port, database_url, ca_file=other.ca_cert), clock
+    )
     try:
         wait_until(lambda: failures_at(running, STEP_TLS) >= 2, what="retried TLS failures")
         assert running.get("/readyz").status_code == 503
@@ -260,14 +283,22 @@ def test_a_server_cert_from_another_ca_fails_the_tls_handshake_and_is_retried(
 
 
 def test_a_client_cert_from_another_ca_is_refused(
-    goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str, tmp_path: Path
+    goldmane: tuple[GoldmaneServer, int],
+    clock: ManualClock,
+    pki: Pki,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     server, port = goldmane
     other = make_pki(tmp_path)
-    settings = daemon_settings(pki, port, database_url, cert_file=other.client_cert, key_file=other.client_key)
+    settings = daemon_settings(
+        pki, port, database_url, cert_file=other.client_cert, key_file=other.client_key
+    )
     running = RunningDaemon.start(settings, clock)
     try:
-        wait_until(lambda: running.metric("edge_aggregator_stream_reconnects_total") >= 2, what="retries")
+        wait_until(
+            lambda: running.metric("edge_aggregator_stream_reconnects_total") >= 2, what="retries"
+        )
         assert server.requests == []
     finally:
         assert running.stop() == 0
@@ -286,7 +317,11 @@ def test_a_wrong_server_name_fails_the_tls_handshake(
 
 
 def test_a_key_file_that_vanishes_is_retried_until_it_returns(
-    goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str, tmp_path: Path
+    goldmane: tuple[GoldmaneServer, int],
+    clock: ManualClock,
+    pki: Pki,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     server, port = goldmane
     key = tmp_path / "tls.key"
@@ -332,7 +367,10 @@ def test_stop_flushes_what_was_sealed(
     publish(server, clock, T0 + 3 * BUCKET)
     running = RunningDaemon.start(settings, clock)
     wait_until(lambda: running.metric("edge_aggregator_flows_received_total") == 6, what="received")
-    wait_until(lambda: running.metric("edge_aggregator_buffer_entries", 'stage="sealed"') == 1, what="sealed")
+    wait_until(
+        lambda: running.metric("edge_aggregator_buffer_entries", 'stage="sealed"') == 1,
+        what="sealed",
+    )
     time.sleep(0.5)  # past the quiet period: the last bucket's burst is over
     assert edge_counts(database_url) == {}
     assert running.stop() == 0

@@ -45,7 +45,9 @@ def new_buffer() -> EdgeBuffer:
         ("frontend", "a b", SKIP_INVALID_NAMESPACE),
     ],
 )
-def test_reports_without_two_distinct_real_namespaces_are_skipped(src_ns: str, dst_ns: str, reason: str) -> None:
+def test_reports_without_two_distinct_real_namespaces_are_skipped(
+    src_ns: str, dst_ns: str, reason: str
+) -> None:
     buffer = new_buffer()
     assert buffer.add(flow_result(src_ns, dst_ns, start=T0)) == reason
     assert buffer.skipped == {reason: 1}
@@ -106,7 +108,9 @@ def test_ingress_denied_at_destination_makes_one_deny_edge_and_no_allow() -> Non
         ((pb.ActionUnspecified, pb.ActionUnspecified), "unspecified"),
     ],
 )
-def test_verdict_is_deny_over_allow_over_pass_over_unspecified(actions: tuple[int, int], verdict: str) -> None:
+def test_verdict_is_deny_over_allow_over_pass_over_unspecified(
+    actions: tuple[int, int], verdict: str
+) -> None:
     buffer = new_buffer()
     buffer.add(flow_result(start=T0, reporter=pb.Src, action=actions[0]))
     buffer.add(flow_result(start=T0, reporter=pb.Dst, action=actions[1]))
@@ -136,7 +140,9 @@ def test_one_connection_counts_once_per_bucket_and_times_are_flow_times() -> Non
     for bucket in range(3):
         buffer.add(flow_result(start=T0 + bucket * BUCKET, reporter=pb.Src))
         buffer.add(flow_result(start=T0 + bucket * BUCKET, reporter=pb.Dst))
-    assert sealed_edges(buffer) == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + 3 * BUCKET, 3)}
+    assert sealed_edges(buffer) == {
+        ("frontend", "api", "allow"): EdgeTotals(T0, T0 + 3 * BUCKET, 3)
+    }
 
 
 def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:

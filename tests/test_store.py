@@ -55,7 +55,9 @@ def test_migrations_apply_once_in_order(database_url: str, db: Conn) -> None:
     ]
 
 
-def test_two_processes_migrating_at_once_apply_each_migration_once(database_url: str, db: Conn) -> None:
+def test_two_processes_migrating_at_once_apply_each_migration_once(
+    database_url: str, db: Conn
+) -> None:
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
 
@@ -73,17 +75,24 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(database_url:
     for thread in threads:
         thread.join()
     assert errors == []
-    rows = db.execute("SELECT version, count(*) FROM edge_aggregator_migration GROUP BY 1").fetchall()
+    rows = db.execute(
+        "SELECT version, count(*) FROM edge_aggregator_migration GROUP BY 1"
+    ).fetchall()
     assert all(count == 1 for _, count in rows)
     assert len(rows) == len(migration_files())
 
 
-def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(database_url: str, db: Conn) -> None:
+def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(
+    database_url: str, db: Conn
+) -> None:
     db.execute(
         "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
         " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
     )
-    db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%s), to_timestamp(%s), 7)", (T0, T0 + 15))
+    db.execute(
+        "INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%s), to_timestamp(%s), 7)",
+        (T0, T0 + 15),
+    )
     with open_store(database_url) as store:
         store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 15, T0 + 30, 1)}, T0 + 30))
     assert edges(db) == [("a", "b", "allow", T0, T0 + 30, 8)]
@@ -92,14 +101,17 @@ def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(database
 def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
-    with connect(database_url, application_name="test") as conn, pytest.raises(StoreError, match="0002_bad.sql"):
+    with (
+        connect(database_url, application_name="test") as conn,
+        pytest.raises(StoreError, match=r"0002_bad\.sql"),
+    ):
         migrate(conn, tmp_path)
     assert db.execute("SELECT to_regclass('ok')").fetchone() == (None,)
 
 
 def test_a_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "1_edge.sql").write_text("SELECT 1;")
-    with pytest.raises(StoreError, match="0001_name.sql"):
+    with pytest.raises(StoreError, match=r"0001_name\.sql"):
         migration_files(tmp_path)
 
 
@@ -122,14 +134,18 @@ def test_write_upserts_edges_and_records_progress(database_url: str, db: Conn) -
     assert progress == T0 + 30
 
 
-def test_first_seen_never_moves_later_and_last_seen_never_earlier(database_url: str, db: Conn) -> None:
+def test_first_seen_never_moves_later_and_last_seen_never_earlier(
+    database_url: str, db: Conn
+) -> None:
     with open_store(database_url) as store:
         store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 60, T0 + 75, 1)}, T0 + 75))
         store.write(Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 1)}, T0 + 90))
     assert edges(db) == [("a", "b", "allow", T0, T0 + 75, 2)]
 
 
-def test_retrying_a_batch_that_was_already_committed_counts_nothing_twice(database_url: str, db: Conn) -> None:
+def test_retrying_a_batch_that_was_already_committed_counts_nothing_twice(
+    database_url: str, db: Conn
+) -> None:
     batch = Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 4)}, T0 + 15)
     with open_store(database_url) as store:
         store.write(batch)
