@@ -36,7 +36,8 @@ from aggregator.health import HealthServer
 from aggregator.logs import configure_logging
 from aggregator.metrics import DaemonMetrics
 from aggregator.settings import DaemonSettings, SettingsError, load_daemon_settings, redact_url
-from aggregator.store import IngestStore, StoreError, describe_error
+from aggregator.store.connection import StoreError, describe_error
+from aggregator.store.ingest import IngestStore
 
 log = logging.getLogger("aggregator")
 

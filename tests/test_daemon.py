@@ -14,7 +14,7 @@ from aggregator.buffer import Batch
 from aggregator.goldmane_client import RING_REACH_SECONDS, STEP_CERTS, STEP_TLS
 from aggregator.goldmane_server import GoldmaneServer
 from aggregator.pki import Pki, make_pki
-from aggregator.store import IngestStore
+from aggregator.store.ingest import IngestStore
 from aggregator.wire import goldmane_pb2 as pb
 from tests.harness import (
     BUCKET,

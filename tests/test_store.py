@@ -10,7 +10,9 @@ import psycopg
 import pytest
 
 from aggregator.buffer import Batch, EdgeTotals
-from aggregator.store import IngestStore, StoreError, connect, migrate, migration_files
+from aggregator.store.connection import StoreError, connect
+from aggregator.store.ingest import IngestStore
+from aggregator.store.migrations import migrate, migration_files
 
 T0 = 1_800_000_000
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -1,107 +1,20 @@
-"""The PostgreSQL store: the only code that writes SQL.
-
-Migrations from `sql/`, the daemon's batched edge upsert and its progress.
-"""
+"""The daemon's writes: the batched edge upsert and ingest progress, one transaction per flush."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Self, TypeAlias
-
-import psycopg
+from typing import Self
 
 from aggregator.buffer import Batch
-
-# Any fixed number works; it only has to be the same in every process that migrates.
-_MIGRATION_LOCK_KEY = 0x6564676573  # "edges"
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_CONNECT_TIMEOUT_SECONDS = 5
-
-Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
-
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message is one line and carries no secret."""
+from aggregator.store.connection import Connection, connect
+from aggregator.store.migrations import migrate
 
 
 @dataclass(frozen=True)
 class FlushResult:
     upserted: int
     created: int
-
-
-def migrations_dir() -> Path:
-    """`sql/` as shipped in the wheel, or at the top of a source checkout."""
-    packaged = Path(__file__).resolve().parent / "sql"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
-
-
-def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
-    """Numbered migrations in order; a misnamed file is an error, not silently skipped."""
-    found = []
-    for path in sorted((directory or migrations_dir()).glob("*.sql")):
-        match = _MIGRATION_FILE.match(path.name)
-        if match is None:
-            raise StoreError(f"migration file name must look like 0001_name.sql: {path.name}")
-        found.append((int(match.group(1)), path))
-    return found
-
-
-def connect(url: str, *, application_name: str, autocommit: bool = False) -> Connection:
-    """Open a connection; failures become StoreError without the URL in the message."""
-    try:
-        return psycopg.connect(
-            url,
-            autocommit=autocommit,
-            connect_timeout=_CONNECT_TIMEOUT_SECONDS,
-            application_name=application_name,
-        )
-    except psycopg.Error as error:
-        raise StoreError(f"cannot connect to PostgreSQL: {describe_error(error)}") from None
-
-
-def describe_error(error: BaseException) -> str:
-    """One line about a database error; libpq messages name host and port, never the password."""
-    text = str(error).strip().splitlines()
-    first = text[0] if text else type(error).__name__
-    return re.sub(r"password=\S+", "password=***", first)
-
-
-def migrate(conn: Connection, directory: Path | None = None) -> list[int]:
-    """Apply the migrations not yet applied, in order, once each; returns the versions applied.
-
-    One transaction under an advisory lock: two processes starting together
-    apply each migration once, and a failing migration leaves nothing half-done.
-    """
-    applied_now = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-        conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS edge_aggregator_migration (
-                version    integer     PRIMARY KEY,
-                name       text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )
-            """
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM edge_aggregator_migration")}
-        for version, path in migration_files(directory):
-            if version in done:
-                continue
-            try:
-                conn.execute(path.read_text(encoding="utf-8").encode())
-            except psycopg.Error as error:
-                raise StoreError(f"migration {path.name} failed: {describe_error(error)}") from None
-            conn.execute(
-                "INSERT INTO edge_aggregator_migration (version, name) VALUES (%s, %s)",
-                (version, path.name),
-            )
-            applied_now.append(version)
-    return applied_now
 
 
 class IngestStore:

@@ -1,0 +1,66 @@
+"""Numbered migrations from `sql/`, applied once each, in order, under an advisory lock."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+
+from aggregator.store.connection import Connection, StoreError, describe_error
+
+# Any fixed number works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_KEY = 0x6564676573  # "edges"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def migrations_dir() -> Path:
+    """`sql/` as shipped in the wheel (aggregator/sql), or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "sql"
+    return packaged if packaged.is_dir() else package.parent / "sql"
+
+
+def migration_files(directory: Path | None = None) -> list[tuple[int, Path]]:
+    """Numbered migrations in order; a misnamed file is an error, not silently skipped."""
+    found = []
+    for path in sorted((directory or migrations_dir()).glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            raise StoreError(f"migration file name must look like 0001_name.sql: {path.name}")
+        found.append((int(match.group(1)), path))
+    return found
+
+
+def migrate(conn: Connection, directory: Path | None = None) -> list[int]:
+    """Apply the migrations not yet applied, in order, once each; returns the versions applied.
+
+    One transaction under an advisory lock: two processes starting together
+    apply each migration once, and a failing migration leaves nothing half-done.
+    """
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS edge_aggregator_migration (
+                version    integer     PRIMARY KEY,
+                name       text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM edge_aggregator_migration")}
+        for version, path in migration_files(directory):
+            if version in done:
+                continue
+            try:
+                conn.execute(path.read_text(encoding="utf-8").encode())
+            except psycopg.Error as error:
+                raise StoreError(f"migration {path.name} failed: {describe_error(error)}") from None
+            conn.execute(
+                "INSERT INTO edge_aggregator_migration (version, name) VALUES (%s, %s)",
+                (version, path.name),
+            )
+            applied_now.append(version)
+    return applied_now
