@@ -21,7 +21,7 @@ import grpc
 import psycopg
 
 from aggregator.backoff import Backoff
-from aggregator.buffer import Batch, EdgeBuffer
+from aggregator.buffer import Batch, EdgeBuffer, EdgeKey
 from aggregator.embedded import resolve_database_url
 from aggregator.goldmane_client import (
     STEP_RPC,
@@ -35,7 +35,15 @@ from aggregator.goldmane_client import (
 from aggregator.health import HealthServer
 from aggregator.logs import configure_logging
 from aggregator.metrics import DaemonMetrics
-from aggregator.settings import DaemonSettings, SettingsError, load_daemon_settings, redact_url
+from aggregator.settings import (
+    DaemonSettings,
+    GoldmaneSettings,
+    SettingsError,
+    load_daemon_settings,
+    redact_url,
+)
+from aggregator.simulator import Simulator
+from aggregator.status import RunStats, StatusLine
 from aggregator.store.connection import StoreError, describe_error
 from aggregator.store.ingest import IngestStore
 
@@ -73,6 +81,8 @@ class Daemon:
         self._database_up = False
         self._crashed = False
         self._last_flush_ok = time.monotonic()
+        self._edges_written: set[EdgeKey] = set()
+        self._edges_created = 0
         buffer_options = {} if quiet_seconds is None else {"quiet_seconds": quiet_seconds}
         self.buffer = EdgeBuffer(sealed_until=None, flow_clock=flow_clock, **buffer_options)
         self.metrics = DaemonMetrics(self.buffer)
@@ -99,6 +109,10 @@ class Daemon:
             reasons.append(f"no successful flush in {stale_after:g}s")
         return reasons
 
+    def stats(self) -> RunStats:
+        """Counts for people watching: flows received, edges written, edges new to the trail."""
+        return RunStats(self.buffer.received, len(self._edges_written), self._edges_created)
+
     def stop(self) -> None:
         """Ask the daemon to shut down; safe from a signal handler or another thread."""
         self._stopping.set()
@@ -109,6 +123,7 @@ class Daemon:
 
     def run(self) -> int:
         self._health.start()
+        log.info("serving /healthz, /readyz and /metrics", extra={"http_port": self.http_port})
         try:
             if not self._open_store():
                 return 0
@@ -311,6 +326,8 @@ class Daemon:
         self.metrics.flush_duration.observe(time.perf_counter() - started)
         self.metrics.edges_upserted.inc(result.upserted)
         self.metrics.edges_created.inc(result.created)
+        self._edges_written.update(batch.edges)
+        self._edges_created += result.created
         if result.created:
             log.info(
                 "new edges recorded",
@@ -346,43 +363,98 @@ class Daemon:
             time.sleep(1.0)
 
 
-def _parse_args(argv: Sequence[str] | None) -> dict[str, str]:
-    """Flags override the environment variable of the same meaning."""
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="edge-aggregator",
         description="Stream Calico Goldmane's flows into a PostgreSQL namespace-edge trail.",
-        epilog="Every flag has an environment variable of the same meaning (shown in brackets).",
+        epilog="Each connection flag has an environment variable of the same meaning "
+        "(in brackets). Exit status: 0 stopped cleanly, 1 could not flush before exit, "
+        "2 bad settings.",
     )
-    flags = {
-        "--goldmane-host": ("GOLDMANE_HOST", "host:port of Goldmane"),
-        "--server-name": ("GOLDMANE_SERVER_NAME", "TLS server name to verify"),
-        "--ca-file": ("GOLDMANE_CA_FILE", "CA bundle of Goldmane's serving cert"),
-        "--cert-file": ("GOLDMANE_CERT_FILE", "client certificate"),
-        "--key-file": ("GOLDMANE_KEY_FILE", "client key"),
-        "--http-port": ("HTTP_PORT", "port of /healthz, /readyz and /metrics (9090)"),
-        "--flush-interval": ("FLUSH_INTERVAL_SECONDS", "seconds between flushes (5)"),
-        "--log-format": ("LOG_FORMAT", "auto, json or text (auto: text on a terminal)"),
-    }
-    for flag, (variable, help_text) in flags.items():
+    for flag, (variable, help_text) in _ENV_FLAGS.items():
         parser.add_argument(flag, dest=variable, metavar="VALUE", help=f"{help_text} [{variable}]")
-    args = vars(parser.parse_args(argv))
-    return {variable: value for variable, value in args.items() if value is not None}
+    demo = parser.add_argument_group(
+        "simulator", "Try it without a cluster: a synthetic cluster served over real mTLS."
+    )
+    demo.add_argument(
+        "--simulate", action="store_true", help="run against the built-in Goldmane simulator"
+    )
+    demo.add_argument(
+        "--namespaces", type=int, default=72, metavar="N", help="simulated namespaces (72)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=100.0, metavar="FLOWS", help="flow reports per second (100)"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="seed for a reproducible cluster (1)")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="simulated time runs X times faster than real time (1); flow times run ahead",
+    )
+    return parser.parse_args(argv)
+
+
+# Flags that override the environment variable of the same meaning.
+_ENV_FLAGS = {
+    "--goldmane-host": ("GOLDMANE_HOST", "host:port of Goldmane"),
+    "--server-name": ("GOLDMANE_SERVER_NAME", "TLS server name to verify"),
+    "--ca-file": ("GOLDMANE_CA_FILE", "CA bundle of Goldmane's serving cert"),
+    "--cert-file": ("GOLDMANE_CERT_FILE", "client certificate"),
+    "--key-file": ("GOLDMANE_KEY_FILE", "client key"),
+    "--http-port": ("HTTP_PORT", "port of /healthz, /readyz and /metrics (9090)"),
+    "--flush-interval": ("FLUSH_INTERVAL_SECONDS", "seconds between flushes (5)"),
+    "--log-format": ("LOG_FORMAT", "auto, json or text (auto: text on a terminal)"),
+}
+
+
+def _start_simulator(args: argparse.Namespace) -> tuple[Simulator, GoldmaneSettings]:
+    if args.namespaces < 12 or args.rate <= 0 or not 0.1 <= args.speed <= 1000:
+        raise SettingsError("--namespaces must be >= 12, --rate > 0, --speed from 0.1 to 1000")
+    try:
+        simulator = Simulator(
+            namespaces=args.namespaces, rate=args.rate, seed=args.seed, speed=args.speed
+        )
+        return simulator, simulator.start()
+    except ImportError:
+        raise SettingsError(
+            "the simulator needs its extra: pip install 'goldmane-edge-aggregator[simulator]'"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides = _parse_args(argv)
+    args = _parse_args(argv)
+    env = {**os.environ}
+    env.update({var: value for var, value in vars(args).items() if var.isupper() and value})
+    simulator: Simulator | None = None
     try:
-        settings = load_daemon_settings({**os.environ, **overrides})
-        configure_logging(settings.log_format)
-        database_url = resolve_database_url(settings.database_url)
-    except SettingsError as error:
-        print(f"edge-aggregator: {error}", file=sys.stderr)
-        return 2
+        try:
+            configure_logging(env.get("LOG_FORMAT", "auto").strip().lower() or "auto")
+            goldmane = None
+            if args.simulate:
+                simulator, goldmane = _start_simulator(args)
+            settings = load_daemon_settings(env, goldmane=goldmane)
+            database_url = resolve_database_url(settings.database_url)
+        except SettingsError as error:
+            print(f"edge-aggregator: {error}", file=sys.stderr)
+            return 2
+        return _run(settings, database_url, simulator)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | None) -> int:
     log.info(
         "starting edge-aggregator",
-        extra={"goldmane": settings.goldmane.target, "database": redact_url(database_url)},
+        extra={
+            "goldmane": "simulator" if simulator else settings.goldmane.target,
+            "database": redact_url(database_url),
+        },
     )
-    daemon = Daemon(settings, database_url=database_url)
+    flow_clock = simulator.clock if simulator else time.time
+    daemon = Daemon(settings, database_url=database_url, flow_clock=flow_clock)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -390,7 +462,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return daemon.run()
+    if simulator is None:
+        return daemon.run()
+    status = StatusLine(daemon.stats, sys.stderr)
+    status.start()
+    try:
+        return daemon.run()
+    finally:
+        status.stop()
+        _print_next_steps(daemon.stats())
+
+
+def _print_next_steps(stats: RunStats) -> None:
+    print(
+        f"Stopped: {stats.flows_received:,} flows made {stats.edges:,} edges "
+        f"({stats.new_edges:,} new to the trail). Try:\n"
+        "  edges --peers-of dbaas\n"
+        "  edges --denied\n"
+        "  edges --format dot | dot -Tsvg -o edges.svg\n"
+        "  edges-digest --dry-run",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from aggregator.settings import SettingsError
@@ -22,17 +23,20 @@ def data_directory() -> Path:
 
 def embedded_database_url() -> str:
     """Start (or find running) the embedded server and return its URL (Unix socket, no password)."""
-    try:
-        import pgserver
-    except ImportError:
-        raise SettingsError(
-            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
-            "set DATABASE_URL or pip install 'goldmane-edge-aggregator[embedded]'"
-        ) from None
     directory = data_directory()
     directory.parent.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None leaves it running after we exit, so the next command reuses it.
-    server = pgserver.get_server(directory, cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (containers, CI).
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+        except ImportError:
+            raise SettingsError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "set DATABASE_URL or pip install 'goldmane-edge-aggregator[embedded]'"
+            ) from None
+        # cleanup_mode=None leaves it running after we exit, so the next command reuses it.
+        server = pgserver.get_server(directory, cleanup_mode=None)
     log.info("using the embedded PostgreSQL", extra={"data_directory": str(directory)})
     return str(server.get_uri())
 

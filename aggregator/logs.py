@@ -64,5 +64,5 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     # grpc and psycopg speak through their own loggers at debug; keep them quiet.
-    for noisy in ("grpc", "psycopg"):
+    for noisy in ("grpc", "psycopg", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
