@@ -91,10 +91,11 @@ def parse_host_port(name: str, value: str) -> tuple[str, int]:
     return host, parse_port(name, port_text)
 
 
-def parse_port(name: str, value: str) -> int:
-    """A TCP port number, 0 meaning 'any free port' is not allowed here."""
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise SettingsError(f"{name} must be a port number from 1 to 65535, not {value!r}")
+def parse_port(name: str, value: str, *, allow_any: bool = False) -> int:
+    """A TCP port number; with `allow_any`, 0 asks for any free port (to listen on)."""
+    lowest = 0 if allow_any else 1
+    if not value.isdigit() or not lowest <= int(value) <= 65535:
+        raise SettingsError(f"{name} must be a port number from {lowest} to 65535, not {value!r}")
     return int(value)
 
 
@@ -179,15 +180,17 @@ def load_database_url(env: Mapping[str, str]) -> str | None:
     return validate_database_url(value) if value else None
 
 
-def load_daemon_settings(env: Mapping[str, str]) -> DaemonSettings:
-    """All settings of `edge-aggregator`."""
+def load_daemon_settings(
+    env: Mapping[str, str], *, goldmane: GoldmaneSettings | None = None
+) -> DaemonSettings:
+    """All settings of `edge-aggregator`; `goldmane` replaces GOLDMANE_* (the simulator's)."""
     log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
     if log_format not in ("auto", "json", "text"):
         raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
     return DaemonSettings(
-        goldmane=load_goldmane_settings(env),
+        goldmane=goldmane or load_goldmane_settings(env),
         database_url=load_database_url(env),
-        http_port=parse_port("HTTP_PORT", env.get("HTTP_PORT", "9090")),
+        http_port=parse_port("HTTP_PORT", env.get("HTTP_PORT", "9090"), allow_any=True),
         flush_interval=parse_seconds(
             "FLUSH_INTERVAL_SECONDS",
             env.get("FLUSH_INTERVAL_SECONDS", "5"),
