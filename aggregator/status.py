@@ -14,6 +14,8 @@ from typing import TextIO
 
 log = logging.getLogger(__name__)
 
+_CLEAR_LINE = "\r\x1b[K"
+
 
 @dataclass(frozen=True)
 class RunStats:
@@ -42,14 +44,24 @@ class StatusLine:
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
 
     def start(self) -> None:
+        if self._in_place:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(self._clear_before_log)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=2)
         if self._in_place:
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(self._clear_before_log)
             self._stream.write("\n")
             self._stream.flush()
+
+    def _clear_before_log(self, record: logging.LogRecord) -> bool:
+        # A log line written after the status line would run into it; the next tick redraws it.
+        self._stream.write(_CLEAR_LINE)
+        return True
 
     def _run(self) -> None:
         last = self._stats()
@@ -61,7 +73,7 @@ class StatusLine:
             rate = (stats.flows_received - last.flows_received) / max(now - last_at, 1e-6)
             last, last_at = stats, now
             if self._in_place:
-                self._stream.write("\r\x1b[K" + format_status(stats, rate))
+                self._stream.write(_CLEAR_LINE + format_status(stats, rate))
                 self._stream.flush()
             elif now - last_logged >= self._log_every:
                 last_logged = now
