@@ -63,6 +63,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # grpc and psycopg speak through their own loggers at debug; keep them quiet.
-    for noisy in ("grpc", "psycopg", "pgserver"):
+    # Libraries' own loggers: chatty, and httpx logs every request's URL (a Slack
+    # webhook URL is a secret) at INFO.
+    for noisy in ("grpc", "psycopg", "pgserver", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

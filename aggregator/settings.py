@@ -199,3 +199,111 @@ def load_daemon_settings(
         ),
         log_format=log_format,
     )
+
+
+# --- The digest (`edges-digest`) ------------------------------------------------------------
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>[smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True, repr=False)
+class DigestSettings:
+    """Everything `edges-digest` needs, validated."""
+
+    webhook_url: str | None
+    dry_run: bool
+    database_url: str | None
+    first_window: float
+    max_edges: int
+    http_timeout: float
+    max_retry_after: float
+    lock_wait: float
+    log_format: str
+
+    def __repr__(self) -> str:
+        # The webhook URL is a credential: a logged or printed settings object must not show it.
+        webhook = "<set>" if self.webhook_url else None
+        return (
+            f"DigestSettings(webhook_url={webhook!r}, dry_run={self.dry_run!r},"
+            f" database_url={redact_url(self.database_url or '')!r},"
+            f" first_window={self.first_window!r}, max_edges={self.max_edges!r})"
+        )
+
+
+def parse_duration(name: str, value: str, *, minimum: float, maximum: float) -> float:
+    """A duration such as `90s`, `30m`, `24h` or `7d`, in seconds."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None:
+        raise SettingsError(f"{name} must be a duration like 30m, 24h or 7d, not {value!r}")
+    seconds = float(match.group("number")) * _DURATION_UNITS[match.group("unit")]
+    if not minimum <= seconds <= maximum:
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g} seconds")
+    return seconds
+
+
+def validate_webhook_url(name: str, value: str) -> str:
+    """An https URL (http only to this machine, for tests); errors never echo the URL."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError:
+        raise SettingsError(f"{name} is not a valid URL (not shown: it is a secret)") from None
+    if parts.scheme == "http" and host in _LOCAL_HOSTS:
+        return value
+    if parts.scheme != "https" or not host or any(c.isspace() for c in value):
+        raise SettingsError(f"{name} must be an https:// URL (not shown: it is a secret)")
+    return value
+
+
+def load_digest_settings(env: Mapping[str, str]) -> DigestSettings:
+    """All settings of `edges-digest`; posting needs SLACK_WEBHOOK_URL unless DRY_RUN is on."""
+    dry_run = parse_bool("DRY_RUN", env.get("DRY_RUN", ""))
+    # Secrets mounted from files often end in a newline.
+    raw_url = env.get("SLACK_WEBHOOK_URL", "").strip()
+    webhook_url = validate_webhook_url("SLACK_WEBHOOK_URL", raw_url) if raw_url else None
+    if webhook_url is None and not dry_run:
+        raise SettingsError(
+            "SLACK_WEBHOOK_URL is not set: set it to the Slack incoming webhook,"
+            " or use --dry-run (DRY_RUN=1) to print the digest without posting"
+        )
+    log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if log_format not in ("auto", "json", "text"):
+        raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+    max_edges_text = env.get("DIGEST_MAX_EDGES", "500").strip()
+    if not max_edges_text.isdigit():
+        raise SettingsError(
+            f"DIGEST_MAX_EDGES must be a whole number (0 = no cap), not {max_edges_text!r}"
+        )
+    return DigestSettings(
+        webhook_url=webhook_url,
+        dry_run=dry_run,
+        database_url=load_database_url(env),
+        first_window=parse_duration(
+            "DIGEST_FIRST_WINDOW",
+            env.get("DIGEST_FIRST_WINDOW", "24h"),
+            minimum=60,
+            maximum=366 * 86400,
+        ),
+        max_edges=int(max_edges_text),
+        http_timeout=parse_seconds(
+            "DIGEST_HTTP_TIMEOUT_SECONDS",
+            env.get("DIGEST_HTTP_TIMEOUT_SECONDS", "10"),
+            minimum=0.05,
+            maximum=120,
+        ),
+        max_retry_after=parse_seconds(
+            "DIGEST_MAX_RETRY_AFTER_SECONDS",
+            env.get("DIGEST_MAX_RETRY_AFTER_SECONDS", "60"),
+            minimum=1,
+            maximum=900,
+        ),
+        lock_wait=parse_seconds(
+            "DIGEST_LOCK_WAIT_SECONDS",
+            env.get("DIGEST_LOCK_WAIT_SECONDS", "600"),
+            minimum=0.1,
+            maximum=86400,
+        ),
+        log_format=log_format,
+    )
