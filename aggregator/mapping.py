@@ -75,10 +75,15 @@ _namespace_verdicts: dict[str, bool] = {}
 _NAMESPACE_CACHE_LIMIT: Final = 100_000
 
 
+def is_namespace_name(name: str) -> bool:
+    """True for a valid Kubernetes namespace name (an RFC 1123 label)."""
+    return _NAMESPACE.fullmatch(name) is not None
+
+
 def _is_namespace(name: str) -> bool:
     verdict = _namespace_verdicts.get(name)
     if verdict is None:
-        verdict = _NAMESPACE.fullmatch(name) is not None
+        verdict = is_namespace_name(name)
         if len(_namespace_verdicts) < _NAMESPACE_CACHE_LIMIT:
             _namespace_verdicts[name] = verdict
     return verdict

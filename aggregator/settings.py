@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg.conninfo
 
+from aggregator.timespec import duration_seconds
+
 DEFAULT_GOLDMANE_HOST = "goldmane.calico-system.svc.cluster.local:7443"
 DEFAULT_CA_FILE = "/etc/goldmane/ca.crt"
 DEFAULT_CERT_FILE = "/etc/goldmane/tls.crt"
@@ -203,8 +205,6 @@ def load_daemon_settings(
 
 # --- The digest (`edges-digest`) ------------------------------------------------------------
 
-_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>[smhd])")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -234,10 +234,9 @@ class DigestSettings:
 
 def parse_duration(name: str, value: str, *, minimum: float, maximum: float) -> float:
     """A duration such as `90s`, `30m`, `24h` or `7d`, in seconds."""
-    match = _DURATION.fullmatch(value.strip().lower())
-    if match is None:
+    seconds = duration_seconds(value)
+    if seconds is None:
         raise SettingsError(f"{name} must be a duration like 30m, 24h or 7d, not {value!r}")
-    seconds = float(match.group("number")) * _DURATION_UNITS[match.group("unit")]
     if not minimum <= seconds <= maximum:
         raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g} seconds")
     return seconds

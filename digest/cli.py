@@ -20,9 +20,9 @@ from aggregator.logs import configure_logging
 from aggregator.settings import SettingsError, load_digest_settings
 from aggregator.store.connection import StoreError
 from aggregator.store.digest_queries import DigestBusy, DigestStore
+from aggregator.timespec import parse_time_spec
 from digest.run import RunOptions, run_digest
 from digest.slack import SlackError, SlackRejected, SlackUnreachable, WebhookClient
-from digest.timespec import parse_since
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -116,6 +116,17 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[st
     return args, overrides
 
 
+def parse_since(spec: str, *, now: datetime) -> datetime:
+    """The start of a re-send window: `24h`, `7d` or a UTC date, not in the future."""
+    try:
+        since = parse_time_spec(spec, now)
+    except ValueError as error:
+        raise SettingsError(f"--since: {error}") from None
+    if since > now:
+        raise SettingsError(f"--since is in the future: {spec!r}")
+    return since
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -128,7 +139,7 @@ def main(
         settings = load_digest_settings({**os.environ, **overrides})
         since = None
         if args.since is not None:
-            since = parse_since("--since", args.since, now=datetime.now(UTC))
+            since = parse_since(args.since, now=datetime.now(UTC))
         configure_logging(settings.log_format)
     except SettingsError as error:
         return _fail(str(error), EXIT_USAGE)

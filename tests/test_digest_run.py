@@ -555,7 +555,7 @@ def test_since_re_sends_a_window_without_touching_progress(
 def test_a_bad_since_exits_2(env: None, capsys: pytest.CaptureFixture[str]) -> None:
     result = digest(capsys, "--since", "last tuesday")
     assert result.status == 2
-    assert "--since must be a duration" in result.err
+    assert "--since: 'last tuesday' is neither a duration" in result.err
 
 
 def test_always_posts_even_when_nothing_is_new(
