@@ -40,6 +40,7 @@ from aggregator.settings import (
     GoldmaneSettings,
     SettingsError,
     load_daemon_settings,
+    load_log_format,
     redact_url,
 )
 from aggregator.simulator import Simulator
@@ -430,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulator: Simulator | None = None
     try:
         try:
-            configure_logging(env.get("LOG_FORMAT", "auto").strip().lower() or "auto")
+            configure_logging(load_log_format(env))
             goldmane = None
             if args.simulate:
                 simulator, goldmane = _start_simulator(args)

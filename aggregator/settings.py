@@ -182,13 +182,19 @@ def load_database_url(env: Mapping[str, str]) -> str | None:
     return validate_database_url(value) if value else None
 
 
+def load_log_format(env: Mapping[str, str]) -> str:
+    """LOG_FORMAT: `json`, `text`, or `auto` (text on a terminal, JSON otherwise)."""
+    log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if log_format not in ("auto", "json", "text"):
+        raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+    return log_format
+
+
 def load_daemon_settings(
     env: Mapping[str, str], *, goldmane: GoldmaneSettings | None = None
 ) -> DaemonSettings:
     """All settings of `edge-aggregator`; `goldmane` replaces GOLDMANE_* (the simulator's)."""
-    log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
-    if log_format not in ("auto", "json", "text"):
-        raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+    log_format = load_log_format(env)
     return DaemonSettings(
         goldmane=goldmane or load_goldmane_settings(env),
         database_url=load_database_url(env),
@@ -267,9 +273,7 @@ def load_digest_settings(env: Mapping[str, str]) -> DigestSettings:
             "SLACK_WEBHOOK_URL is not set: set it to the Slack incoming webhook,"
             " or use --dry-run (DRY_RUN=1) to print the digest without posting"
         )
-    log_format = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
-    if log_format not in ("auto", "json", "text"):
-        raise SettingsError(f"LOG_FORMAT must be auto, json or text, not {log_format!r}")
+    log_format = load_log_format(env)
     max_edges_text = env.get("DIGEST_MAX_EDGES", "500").strip()
     if not max_edges_text.isdigit():
         raise SettingsError(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from aggregator.store.digest_queries import NewEdge
+from aggregator.store.edge_queries import Edge
 
 Payload = dict[str, Any]
 WindowKind = Literal["since_last_run", "first_run", "resend"]
@@ -50,8 +50,8 @@ class Composition:
     """The payloads to post, and which edges got a line of their own or only a count."""
 
     messages: list[Payload]
-    listed: list[NewEdge] = field(default_factory=list)
-    summarised: list[NewEdge] = field(default_factory=list)
+    listed: list[Edge] = field(default_factory=list)
+    summarised: list[Edge] = field(default_factory=list)
 
 
 def escape(text: str) -> str:
@@ -59,13 +59,13 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def order(edges: Sequence[NewEdge]) -> list[NewEdge]:
+def order(edges: Sequence[Edge]) -> list[Edge]:
     """Denied edges first, then by source namespace: the order people read them in."""
     return sorted(edges, key=lambda e: (e.action != "deny", e.src_ns, e.dst_ns, e.action))
 
 
 def compose(
-    edges: Sequence[NewEdge], window: Window, *, max_edges: int = 0, always: bool = False
+    edges: Sequence[Edge], window: Window, *, max_edges: int = 0, always: bool = False
 ) -> Composition:
     """The messages for `edges`; none when there is nothing new, unless `always`.
 
@@ -111,19 +111,19 @@ def _name(namespace: str) -> str:
     return escape(cut)
 
 
-def _headline(edges: Sequence[NewEdge], window: Window) -> str:
+def _headline(edges: Sequence[Edge], window: Window) -> str:
     count = _plural(len(edges), "new edge") if edges else "No new edges"
     return f"{count} · {_when(window.start)} → {_when(window.end)} UTC"
 
 
-def _fallback(edges: Sequence[NewEdge], window: Window) -> str:
+def _fallback(edges: Sequence[Edge], window: Window) -> str:
     denied = sum(1 for e in edges if e.action == "deny")
     count = _plural(len(edges), "new edge") if edges else "No new edges"
     denied_text = f" ({denied:,} denied)" if denied else ""
     return f"{count}{denied_text} since {_when(window.start)} UTC"
 
 
-def _context(edges: Sequence[NewEdge], window: Window) -> str:
+def _context(edges: Sequence[Edge], window: Window) -> str:
     start = _when(window.start)
     if window.kind == "first_run":
         what = f"First digest: edges first seen since {start} UTC (older ones are taken as known)"
@@ -137,7 +137,7 @@ def _context(edges: Sequence[NewEdge], window: Window) -> str:
     return " · ".join([what, *parts])
 
 
-def _edge_line(edge: NewEdge, window: Window) -> str:
+def _edge_line(edge: Edge, window: Window) -> str:
     flows = _plural(edge.flow_count, "flow")
     if edge.action == "deny":
         line = f"• :no_entry: {_name(edge.src_ns)} → {_name(edge.dst_ns)} · *deny* · {flows}"
@@ -160,7 +160,7 @@ class _Line:
     repeat: tuple[str, ...] = ()
 
 
-def _lines(listed: Sequence[NewEdge], summarised: Sequence[NewEdge], window: Window) -> list[_Line]:
+def _lines(listed: Sequence[Edge], summarised: Sequence[Edge], window: Window) -> list[_Line]:
     denied = [e for e in listed if e.action == "deny"]
     others = [e for e in listed if e.action != "deny"]
     parts = []

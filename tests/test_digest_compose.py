@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.store.digest_queries import NewEdge
+from aggregator.store.edge_queries import Edge
 from digest.compose import (
     MAX_BLOCKS,
     MAX_HEADER_CHARS,
@@ -29,12 +29,12 @@ EDGE_LINE = re.compile(r"^• (?::no_entry: )?(\S+) → (\S+) · \*?(\w+)\*? · 
 
 def edge(
     src: str, dst: str, action: str = "allow", *, flows: int = 3, age_hours: float = 2
-) -> NewEdge:
+) -> Edge:
     first = END - timedelta(hours=age_hours)
-    return NewEdge(src, dst, action, first, END, flows)
+    return Edge(src, dst, action, first, END, flows)
 
 
-def many(count: int, *, deny_every: int = 10) -> list[NewEdge]:
+def many(count: int, *, deny_every: int = 10) -> list[Edge]:
     """`count` distinct edges over 40 source namespaces, every `deny_every`-th denied."""
     return [
         edge(f"team-{i % 40:02d}", f"svc-{i:05d}", "deny" if i % deny_every == 0 else "allow")

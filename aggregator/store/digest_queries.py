@@ -16,13 +16,14 @@ from typing import Any, Self
 import psycopg
 import psycopg.errors
 
+from aggregator.buffer import EdgeKey
 from aggregator.store.connection import Connection, StoreError, connect, describe_error
+from aggregator.store.edge_queries import Edge
 from aggregator.store.migrations import migrate
 
 # Any fixed number works; it must differ from the migration lock's key.
 DIGEST_LOCK_KEY = 0x646967657374  # "digest"
 
-EdgeKey = tuple[str, str, str]
 
 _EDGE_COLUMNS = "e.src_ns, e.dst_ns, e.action, e.first_seen, e.last_seen, e.flow_count"
 # Denied edges first: they are the ones people must read.
@@ -30,26 +31,10 @@ _EDGE_ORDER = "ORDER BY (e.action <> 'deny'), e.src_ns, e.dst_ns, e.action"
 
 
 @dataclass(frozen=True)
-class NewEdge:
-    """One row of `edge`, as the digest reports it."""
-
-    src_ns: str
-    dst_ns: str
-    action: str
-    first_seen: datetime
-    last_seen: datetime
-    flow_count: int
-
-    @property
-    def key(self) -> EdgeKey:
-        return (self.src_ns, self.dst_ns, self.action)
-
-
-@dataclass(frozen=True)
 class Selection:
     """The edges a run reports and the window that labels them (database time)."""
 
-    edges: list[NewEdge]
+    edges: list[Edge]
     window_start: datetime
     window_end: datetime
     first_run: bool
@@ -67,8 +52,8 @@ def _store_errors(doing: str) -> Iterator[None]:
         raise StoreError(f"{doing}: {describe_error(error)}") from None
 
 
-def _edges(rows: Sequence[tuple[Any, ...]]) -> list[NewEdge]:
-    return [NewEdge(*row[:6]) for row in rows]
+def _edges(rows: Sequence[tuple[Any, ...]]) -> list[Edge]:
+    return [Edge(*row[:6]) for row in rows]
 
 
 class DigestStore:

@@ -18,6 +18,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
+from aggregator.buffer import EdgeKey
 from aggregator.store.connection import Connection, StoreError, connect, describe_error
 
 Action = Literal["allow", "deny", "pass", "unspecified"]
@@ -89,6 +90,10 @@ class Edge:
     first_seen: datetime
     last_seen: datetime
     flow_count: int
+
+    @property
+    def key(self) -> EdgeKey:
+        return (self.src_ns, self.dst_ns, self.action)
 
 
 @dataclass(frozen=True)
