@@ -137,6 +137,10 @@ class Daemon:
             deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
             receiver.join(timeout=max(0.0, deadline - time.monotonic()) / 2)
             flusher.join(timeout=max(0.0, deadline - time.monotonic()) / 2)
+            if flusher.is_alive():
+                # Its write is still waiting on the database; a second writer would race it.
+                log.error("a flush is still waiting on the database at exit; not flushing again")
+                return 1
             flushed = self._final_flush(deadline)
             return 0 if flushed and not self._crashed else 1
         finally:
