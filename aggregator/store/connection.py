@@ -8,11 +8,6 @@ from typing import Any, TypeAlias
 import psycopg
 
 _CONNECT_TIMEOUT_SECONDS = 5
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
 
 Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 
