@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aggregator.mapping import ACTION_BY_RANK, SKIP_DUPLICATE, Connection, Report, report_of
+from aggregator.mapping import (
+    ACTION_BY_RANK,
+    SKIP_BAD_TIME,
+    SKIP_DUPLICATE,
+    SKIP_LATE,
+    Connection,
+    Report,
+    report_of,
+)
 from aggregator.wire import goldmane_pb2
 
 EdgeKey = tuple[str, str, str]
@@ -22,9 +30,15 @@ EdgeKey = tuple[str, str, str]
 
 # A bucket [S, S+15) is pushed at S+30; the contract's live point is two widths behind.
 _PUSH_DELAY_BUCKETS = 2
-# Goldmane hands a bucket to a stream in one burst (at most ~1 s per write);
-# this much silence means the burst is over.
-DEFAULT_QUIET_SECONDS = 5.0
+# Goldmane hands a bucket to a stream in one burst (it gives up on a reader after
+# ~1 s per write), so silence after the push time means the burst is over. The
+# margin is for a network that stalls with part of a bucket in flight and then
+# resumes: reports that still arrive after this are counted as `late`.
+DEFAULT_QUIET_SECONDS = 20.0
+# Flow times outside this window of the flow clock are not Goldmane's (ms or us
+# epochs, 1970): they would poison first_seen and the progress watermark.
+_PLAUSIBLE_PAST_SECONDS = 86_400
+_PLAUSIBLE_FUTURE_SECONDS = 3_600
 
 
 @dataclass
@@ -87,6 +101,8 @@ class EdgeBuffer:
         self._flow_clock = flow_clock
         self._quiet_seconds = quiet_seconds
         self._last_add = time.monotonic()
+        # Buckets this stream sealed on silence alone: more of them means a stalled network.
+        self._sealed_by_quiet: set[int] = set()
         # Plain counters, read by the metrics collector: no metric call per flow.
         self.received = 0
         self.skipped: dict[str, int] = {}
@@ -115,8 +131,11 @@ class EdgeBuffer:
 
     def _add_report(self, report: Report) -> str | None:
         start = report.bucket_start
+        now = self._flow_clock()
+        if not now - _PLAUSIBLE_PAST_SECONDS <= start <= now + _PLAUSIBLE_FUTURE_SECONDS:
+            return self._skip(SKIP_BAD_TIME)
         if start < self._sealed_until:
-            return self._skip(SKIP_DUPLICATE)
+            return self._skip(SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE)
         bucket = self._open.get(start)
         if bucket is None:
             bucket = self._open[start] = _OpenBucket(report.bucket_end)
@@ -145,11 +164,13 @@ class EdgeBuffer:
             if time.monotonic() - self._last_add < self._quiet_seconds:
                 return 0
             now = self._flow_clock()
-            return self._seal(
+            sealed = self._seal(
                 lambda start: start + _PUSH_DELAY_BUCKETS * (self._open[start].end - start) <= now
             )
+            self._sealed_by_quiet.update(sealed)
+            return len(sealed)
 
-    def _seal(self, is_complete: Callable[[int], bool]) -> int:
+    def _seal(self, is_complete: Callable[[int], bool]) -> list[int]:
         done = sorted(start for start in self._open if is_complete(start))
         edges = self._sealed.edges
         for start in done:
@@ -160,7 +181,7 @@ class EdgeBuffer:
             self._sealed_until = max(self._sealed_until, bucket.end)
         if done:
             self._sealed.sealed_until = self._sealed_until
-        return len(done)
+        return done
 
     def discard_open(self) -> int:
         """Forget partly received buckets (the stream dropped); they will be asked for again."""
@@ -168,6 +189,7 @@ class EdgeBuffer:
             dropped = sum(len(bucket.verdicts) for bucket in self._open.values())
             self._open.clear()
             self._newest_open_start = 0
+            self._sealed_by_quiet.clear()
             return dropped
 
     def take(self) -> Batch:

@@ -256,9 +256,6 @@ class Daemon:
             # closing the channel under it makes that thread die with a traceback.
             time.sleep(_CONNECTIVITY_POLL_SECONDS)
             channel.close()
-            if self._stopping.is_set():
-                # We hung up, not Goldmane: a bucket whose burst had ended is complete.
-                self.buffer.seal_quiet_buckets()
             dropped = self.buffer.discard_open()
             if dropped:
                 log.info(

@@ -42,6 +42,7 @@ SKIP_INVALID_NAMESPACE: Final = "invalid_namespace"
 SKIP_UNKNOWN_ENUM: Final = "unknown_enum"
 SKIP_BAD_TIME: Final = "bad_time"
 SKIP_DUPLICATE: Final = "duplicate"
+SKIP_LATE: Final = "late"
 SKIP_REASONS: Final = (
     SKIP_NO_KEY,
     SKIP_NOT_NAMESPACED,
@@ -50,6 +51,7 @@ SKIP_REASONS: Final = (
     SKIP_UNKNOWN_ENUM,
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
+    SKIP_LATE,
 )
 
 Connection = tuple[str, str, str, str, int, str]

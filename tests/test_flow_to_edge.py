@@ -9,6 +9,7 @@ from aggregator.mapping import (
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
     SKIP_INVALID_NAMESPACE,
+    SKIP_LATE,
     SKIP_NO_KEY,
     SKIP_NOT_NAMESPACED,
     SKIP_SELF_EDGE,
@@ -170,6 +171,23 @@ def test_a_quiet_bucket_seals_once_its_push_time_has_passed() -> None:
     now[0] = T0 + 2 * BUCKET
     assert buffer.seal_quiet_buckets() == 1
     assert buffer.take().sealed_until == T0 + BUCKET
+
+
+def test_reports_arriving_after_a_quiet_seal_are_counted_as_late() -> None:
+    now = [float(T0 + 2 * BUCKET)]
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: now[0], quiet_seconds=0)
+    buffer.add(flow_result(start=T0, port=1))
+    assert buffer.seal_quiet_buckets() == 1
+    assert buffer.add(flow_result(start=T0, port=2)) == SKIP_LATE
+    buffer.discard_open()  # a new stream: the same bucket again is a plain duplicate
+    assert buffer.add(flow_result(start=T0, port=2)) == SKIP_DUPLICATE
+
+
+@pytest.mark.parametrize("start", [15, T0 * 1000, T0 - 2 * 86_400, T0 + 2 * 3600])
+def test_flow_times_far_from_the_clock_are_skipped(start: int) -> None:
+    buffer = new_buffer()
+    assert buffer.add(flow_result(start=start)) == SKIP_BAD_TIME
+    assert buffer.sealed_until is None
 
 
 def test_a_bucket_still_arriving_is_not_sealed_by_time() -> None:
