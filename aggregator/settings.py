@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg.conninfo
 
@@ -113,35 +113,58 @@ def parse_seconds(name: str, value: str, *, minimum: float, maximum: float) -> f
 
 
 def validate_database_url(value: str) -> str:
-    """Check that a libpq URL or key=value string parses, without echoing its password."""
-    if "://" in value and urlsplit(value).scheme not in ("postgres", "postgresql"):
+    """Check that a libpq URL or key=value string parses; errors never echo it."""
+    scheme = value.split("://", 1)[0] if "://" in value else None
+    if scheme is not None and scheme not in ("postgres", "postgresql"):
         raise SettingsError("DATABASE_URL must start with postgresql:// or postgres://")
     try:
         params = psycopg.conninfo.conninfo_to_dict(value)
     except psycopg.ProgrammingError:
-        raise SettingsError(f"DATABASE_URL is malformed: {redact_url(value)}") from None
+        raise SettingsError(
+            "DATABASE_URL is malformed (not shown: it may hold a password)"
+        ) from None
     # libpq parses any port text and only fails at connect time, which looks like an outage.
     ports = str(params.get("port") or "")
     if ports and not all(part.isdigit() for part in ports.split(",")):
-        raise SettingsError(f"DATABASE_URL has a malformed port: {redact_url(value)}")
+        raise SettingsError(
+            "DATABASE_URL has a malformed port (not shown); in a URL, percent-encode "
+            "the password's special characters (/ as %2F, @ as %40)"
+        )
+    if _looks_misparsed(params):
+        raise SettingsError(
+            "DATABASE_URL looks misparsed (not shown): percent-encode the password's "
+            "special characters (/ as %2F, @ as %40)"
+        )
     return value
 
 
+def _looks_misparsed(params: Mapping[str, object]) -> bool:
+    # An unencoded '/' or '@' in a URL's password shifts it into host or dbname.
+    return any("@" in str(params.get(key) or "") for key in ("host", "dbname", "user"))
+
+
 def redact_url(url: str) -> str:
-    """The database URL with any password replaced, for logs and errors."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", url)
+    """Where a database URL points, for logs and errors, never with its password.
+
+    Rebuilt from libpq's own parse of the URL (a password may hold '/', '?' or
+    '#', which fool a generic URL parser); anything unparseable is not shown.
+    """
     try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, hostinfo = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
-        query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:
-        return "<unparseable URL>"
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<DATABASE_URL not shown>"
+    if _looks_misparsed(params):
+        return "<DATABASE_URL not shown>"
+    user = str(params.get("user") or "")
+    secret = ":***" if params.get("password") else ""
+    auth = f"{user}{secret}@" if user or secret else ""
+    host = str(params.get("host") or "")
+    port = f":{params['port']}" if params.get("port") else ""
+    dbname = str(params.get("dbname") or "")
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{dbname}?host={host}"
+    host = f"[{host}]" if ":" in host else host
+    return f"postgresql://{auth}{host}{port}/{dbname}"
 
 
 def load_goldmane_settings(env: Mapping[str, str]) -> GoldmaneSettings:

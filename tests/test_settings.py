@@ -150,3 +150,22 @@ def test_logs_on_a_terminal_are_readable_text(tmp_path: Path) -> None:
     finally:
         configure_logging("text")
     assert stream.getvalue().rstrip().endswith("info    connected target=goldmane:7443")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://edges:S3cr?etPW@127.0.0.1:1/edges",
+        "postgresql://edges:ab/S3cretPW@127.0.0.1:1/edges",
+        "postgresql://edges:ab#S3cretPW@127.0.0.1:1/edges",
+        "postgresql://edges:12/S3cretPW@host/db",
+        "host=db user=edges password='my S3cretPW' dbname=edges",
+        "postgresql://edges:S3cretPW@[::1:5432/db",
+    ],
+)
+def test_passwords_with_url_special_characters_never_reach_messages(url: str) -> None:
+    assert "S3cretPW" not in redact_url(url)
+    try:
+        load_daemon_settings({"GOLDMANE_TLS_INSECURE": "1", "DATABASE_URL": url})
+    except SettingsError as error:
+        assert "S3cretPW" not in str(error)
