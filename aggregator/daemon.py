@@ -67,7 +67,7 @@ class Daemon:
         *,
         database_url: str,
         flow_clock: Callable[[], float] = time.time,
-        http_host: str = "0.0.0.0",
+        http_host: str = "::",
         quiet_seconds: float | None = None,
     ) -> None:
         self._settings = settings
@@ -168,7 +168,7 @@ class Daemon:
         backoff = Backoff(initial=1.0, maximum=30.0)
         while not self._stopping.is_set():
             try:
-                store = IngestStore.open(self._database_url, source=self._settings.goldmane.target)
+                store = IngestStore.open(self._database_url)
                 try:
                     applied = store.migrate()
                     sealed_until = store.load_progress()
@@ -338,9 +338,7 @@ class Daemon:
 
     def _connected_store(self) -> IngestStore:
         if self._store is None:
-            self._store = IngestStore.open(
-                self._database_url, source=self._settings.goldmane.target
-            )
+            self._store = IngestStore.open(self._database_url)
         return self._store
 
     def _drop_store(self) -> None:
@@ -456,7 +454,14 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
         },
     )
     flow_clock = simulator.clock if simulator else time.time
-    daemon = Daemon(settings, database_url=database_url, flow_clock=flow_clock)
+    try:
+        daemon = Daemon(settings, database_url=database_url, flow_clock=flow_clock)
+    except OSError as error:
+        print(
+            f"edge-aggregator: cannot listen on HTTP_PORT {settings.http_port}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})

@@ -36,7 +36,13 @@ def embedded_database_url() -> str:
                 "set DATABASE_URL or pip install 'goldmane-edge-aggregator[embedded]'"
             ) from None
         # cleanup_mode=None leaves it running after we exit, so the next command reuses it.
-        server = pgserver.get_server(directory, cleanup_mode=None)
+        try:
+            server = pgserver.get_server(directory, cleanup_mode=None)
+        except Exception as error:  # pgserver raises whatever initdb or pg_ctl did
+            raise SettingsError(
+                f"the embedded PostgreSQL in {directory} did not start ({type(error).__name__}); "
+                f"see {directory / 'log'} or set DATABASE_URL"
+            ) from None
     log.info("using the embedded PostgreSQL", extra={"data_directory": str(directory)})
     return str(server.get_uri())
 

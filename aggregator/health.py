@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +17,18 @@ ReadinessCheck = Callable[[], list[str]]
 """Returns the reasons the daemon is not ready; empty when it is."""
 
 
+class _DualStackServer(ThreadingHTTPServer):
+    """Listens on IPv6 and IPv4 at once: probes and scrapes come from either on a cluster."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class HealthServer:
-    """Serves in a background thread until `close()`."""
+    """Serves in a background thread until `close()`; the default host means every address."""
 
     def __init__(
         self,
@@ -24,10 +36,10 @@ class HealthServer:
         port: int,
         registry: CollectorRegistry,
         readiness: ReadinessCheck,
-        host: str = "0.0.0.0",
+        host: str = "::",
     ) -> None:
         handler = _handler_class(registry, readiness)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _listen(host, port, handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -43,6 +55,17 @@ class HealthServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _listen(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    if host != "::":
+        return ThreadingHTTPServer((host, port), handler)
+    try:
+        return _DualStackServer((host, port), handler)
+    except OSError as error:
+        if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+        return ThreadingHTTPServer(("0.0.0.0", port), handler)  # a host without IPv6
 
 
 def _handler_class(

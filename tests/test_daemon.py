@@ -159,7 +159,7 @@ def test_progress_older_than_the_ring_is_clamped_to_the_ring(
     goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str
 ) -> None:
     server, port = goldmane
-    with IngestStore.open(database_url, source=f"127.0.0.1:{port}") as store:
+    with IngestStore.open(database_url) as store:
         store.migrate()
         store.write(Batch({}, T0 - 2 * 3600))
     record_bucket(server, T0, 2)

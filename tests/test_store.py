@@ -19,7 +19,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 def open_store(url: str) -> IngestStore:
-    store = IngestStore.open(url, source="goldmane:7443")
+    store = IngestStore.open(url)
     store.migrate()
     return store
 

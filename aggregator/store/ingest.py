@@ -17,16 +17,26 @@ class FlushResult:
     created: int
 
 
+# The progress row's key. One database holds one cluster's trail, so it is a
+# constant: respelling GOLDMANE_HOST must not look like a first start.
+DEFAULT_SOURCE = "goldmane"
+
+
 class IngestStore:
     """The daemon's writes: one batched upsert plus progress, in one transaction per flush."""
 
-    def __init__(self, conn: Connection, *, source: str) -> None:
+    def __init__(self, conn: Connection, *, source: str = DEFAULT_SOURCE) -> None:
         self._conn = conn
         self._source = source
 
     @classmethod
-    def open(cls, url: str, *, source: str) -> Self:
-        return cls(connect(url, application_name="edge-aggregator"), source=source)
+    def open(cls, url: str, *, source: str = DEFAULT_SOURCE) -> Self:
+        conn = connect(url, application_name="edge-aggregator")
+        # If this connection dies mid-flush, its server side must not keep holding
+        # the progress row's lock (and so block the retry) for hours.
+        conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+        conn.commit()
+        return cls(conn, source=source)
 
     def close(self) -> None:
         self._conn.close()
@@ -51,10 +61,15 @@ class IngestStore:
         return int(sealed_until.timestamp())
 
     def write(self, batch: Batch) -> FlushResult:
-        """Upsert a batch's edges and advance progress atomically: a constant two statements."""
+        """Upsert a batch's edges and advance progress atomically: a constant four statements."""
         rows = sorted(batch.edges.items())  # a fixed lock order: concurrent writers cannot deadlock
         result = FlushResult(0, 0)
         with self._conn.transaction():
+            # A flush that cannot get its locks fails and is retried, rather than hanging.
+            self._conn.execute(
+                "SELECT set_config('lock_timeout', '10s', true),"
+                " set_config('statement_timeout', '120s', true)"
+            )
             if batch.sealed_until is not None and self._already_written(batch.sealed_until):
                 return result
             if rows:

@@ -38,6 +38,13 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[int]:
     One transaction under an advisory lock: two processes starting together
     apply each migration once, and a failing migration leaves nothing half-done.
     """
+    try:
+        return _apply_pending(conn, directory)
+    except psycopg.Error as error:
+        raise StoreError(f"cannot apply migrations: {describe_error(error)}") from None
+
+
+def _apply_pending(conn: Connection, directory: Path | None) -> list[int]:
     applied_now = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
