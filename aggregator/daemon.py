@@ -54,6 +54,7 @@ SHUTDOWN_BUDGET_SECONDS = 8.0
 """Kubernetes waits 30 s by default; the issue asks for an exit within 10 s."""
 
 _CONNECTIVITY_POLL_SECONDS = 0.25
+_CLOCK_SKEW_TOLERANCE_SECONDS = 60.0
 # A stream that stayed up this long was a success: the next failure starts backoff afresh.
 _HEALTHY_STREAM_SECONDS = 60.0
 
@@ -233,7 +234,17 @@ class Daemon:
         check_resolves(goldmane)
         channel = open_channel(goldmane)
         try:
-            start = resume_point(self.buffer.sealed_until, self._flow_clock())
+            now = self._flow_clock()
+            sealed_until = self.buffer.sealed_until
+            if sealed_until is not None and sealed_until > now + _CLOCK_SKEW_TOLERANCE_SECONDS:
+                # Flows older than progress count as duplicates: nothing is recorded until
+                # the clock passes it. Only an operator knows whether the clock or the row is wrong.
+                log.error(
+                    "stored progress is ahead of the clock; flows before it are skipped as "
+                    "duplicates (if the clock was wrong: DELETE FROM ingest_progress)",
+                    extra={"sealed_until": sealed_until, "ahead_s": round(sealed_until - now)},
+                )
+            start = resume_point(sealed_until, now)
             call, results = stream_flows(channel, start)
             with self._lock:
                 self._call = call

@@ -100,6 +100,21 @@ def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(
     assert edges(db) == [("a", "b", "allow", T0, T0 + 30, 8)]
 
 
+def test_nulls_in_a_hand_made_edge_table_are_filled_and_then_forbidden(
+    database_url: str, db: Conn
+) -> None:
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
+    )
+    db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', NULL, to_timestamp(%s), NULL)", (T0,))
+    with open_store(database_url):
+        pass
+    assert edges(db) == [("a", "b", "allow", T0, T0, 0)]
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        db.execute("INSERT INTO edge VALUES ('c', 'd', 'allow', NULL, now(), 1)")
+
+
 def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
