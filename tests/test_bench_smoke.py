@@ -1,0 +1,50 @@
+"""The ingest benchmark (tests/bench/ingest.py) still runs and still checks what it measures.
+
+The benchmark itself is not part of the suite: it takes minutes. Its `--smoke` run (3,000
+results, seconds) is: the load generator, the raw client, the real daemon flushing into a
+fresh schema, the rate-limited run and the naive design all run once, and the benchmark exits
+non-zero when a result is wrong (a result not received or skipped, a reconnect, a trail whose
+edges and counts differ from the data's). It needs node and npm (it runs `npm install` in
+tests/bench when node_modules is missing) and two CPUs: one for the load generator, one for
+the client.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARK = REPO / "tests" / "bench" / "ingest.py"
+# npm install on a cold cache, then the smoke run itself (~10 s): generous for a busy CI box.
+TIMEOUT_SECONDS = 600
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="the benchmark's load generator needs node and npm on PATH",
+)
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="the benchmark pins the load generator and the client to one CPU each",
+)
+def test_ingest_benchmark_smoke_run_passes_its_checks(postgres_url: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--smoke", "--database-url", postgres_url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+    output = completed.stdout
+    assert completed.returncode == 0, output + completed.stderr
+    for row in ("A  raw limit", "F  full path", "F  the same, load held to", "N  naive"):
+        assert any(line.startswith(row) for line in output.splitlines()), output
+    assert "results/s" in output and "SQL stmts/s" in output and "peak RSS" in output
+    assert "checks: every run received all its results" in output
