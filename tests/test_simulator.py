@@ -150,11 +150,12 @@ def test_a_short_simulated_run_fills_the_embedded_database(embedded_home: dict[s
     reader.start()
     try:
         # Generous: the first run creates the embedded database, slow on a loaded machine.
-        wait_until(
-            lambda: any("new edges recorded" in line for line in lines),
-            timeout=300,
-            what=f"edges; the daemon said: {lines[-5:]}",
-        )
+        try:
+            wait_until(lambda: any("new edges recorded" in line for line in lines), timeout=300)
+        except AssertionError:
+            raise AssertionError(
+                f"no edges recorded; the daemon's last lines: {lines[-5:]}"
+            ) from None
         time.sleep(3)  # a few more compressed buckets
         daemon.send_signal(signal.SIGINT)
         daemon.wait(timeout=15)
