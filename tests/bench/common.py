@@ -353,6 +353,14 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def current_rss_kib() -> int:
+    """This process's resident set now, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds_of(pid: int) -> float:
     """User + system CPU time of a process, all threads, from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text()
