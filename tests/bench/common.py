@@ -21,6 +21,7 @@ import random
 import resource
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 
 import grpc
@@ -515,3 +517,12 @@ def client_and_server_cpus() -> tuple[int, int]:
     if len(cpus) < 2:
         raise SystemExit(f"{prog()}: needs two CPUs, one for the client, one for the server")
     return cpus[0], cpus[1]
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """Make a `kill` run the same clean-up as Ctrl-C (schemas dropped, load generator stopped)."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -56,7 +56,6 @@ import json
 import logging
 import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -67,7 +66,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import psycopg
@@ -87,6 +85,7 @@ from common import (
     current_rss_kib,
     ensure_node_modules,
     grpc_experiments_note,
+    interrupt_on_sigterm,
     measure_raw,
     peak_rss_kib,
     run_worker_process,
@@ -880,10 +879,6 @@ def _lengths(text: str) -> list[int]:
     return [_length(part) for part in text.split(",") if part.strip()]
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -964,8 +959,7 @@ def main() -> int:
             f"{max(args.lengths):,} results are {buckets:,} buckets: more flow time than the "
             "daemon accepts behind its clock; raise --distinct-edges (results per bucket)"
         )
-    # So that a `kill` runs the clean-up too (schemas dropped, load generator stopped).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupt_on_sigterm()
     try:
         return run_benchmark(args)
     except KeyboardInterrupt:

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from subprocess import Popen
-from types import FrameType
 from typing import Final
 
 from common import (
@@ -49,6 +47,7 @@ from common import (
     client_settings,
     ensure_node_modules,
     grpc_experiments_note,
+    interrupt_on_sigterm,
     measure_raw,
     peak_rss_kib,
     read_messages,
@@ -297,10 +296,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0 if report(runs, data, smoke=args.smoke) else 1
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--results", type=int, default=DEFAULT_RESULTS, help="results per run")
@@ -330,8 +325,7 @@ def main() -> int:
         return 0
     if args.results < 2 or args.distinct_edges < 1:
         parser.error("--results must be at least 2 and --distinct-edges at least 1")
-    # So that a `kill` runs the clean-up too, not only Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupt_on_sigterm()
     try:
         return run_benchmark(args)
     except KeyboardInterrupt:
