@@ -9,19 +9,26 @@ older that arrives again is a duplicate.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
+from aggregator.hotpath import FlowHead, KeyVerdict, count_known, flow_head
 from aggregator.mapping import (
     ACTION_BY_RANK,
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
     SKIP_LATE,
+    SKIP_UNDECODABLE,
     Connection,
-    Report,
+    is_bad_time,
     report_of,
+    target_of,
 )
 from aggregator.wire import goldmane_pb2
 
@@ -39,6 +46,11 @@ DEFAULT_QUIET_SECONDS = 20.0
 # epochs, 1970): they would poison first_seen and the progress watermark.
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
+# Distinct flow keys whose verdict is remembered: the same connections report bucket after
+# bucket. ~0.5 KiB each; past the limit the memory starts again from empty.
+_KEY_CACHE_LIMIT = 65_536
+# Results queued before the receive loop takes the lock to count them: one lock per batch.
+_BATCH_SIZE = 256
 
 
 @dataclass
@@ -65,10 +77,48 @@ class Batch:
             self.sealed_until = max(self.sealed_until or 0, other.sealed_until)
 
 
+def key_verdict(connection: Connection, rank: int) -> KeyVerdict:
+    """The verdict of a flow key on its connection, with the edge it makes."""
+    return KeyVerdict(repr(connection), rank, (connection[0], connection[2], ACTION_BY_RANK[rank]))
+
+
+_EDGE = operator.attrgetter("edge")
+
+
+class _SealedCounts:
+    """Sealed buckets' edges until the flusher takes them, kept in C-level collections.
+
+    A bucket seals in a few collection operations rather than a Python step per
+    connection, which cost as much as receiving the results did. Buckets seal in time order
+    (a newer bucket seals the older ones; anything older than progress is a duplicate), so
+    an edge's first bucket here is its earliest and its last the latest.
+    """
+
+    def __init__(self) -> None:
+        self.connections: Counter[EdgeKey] = Counter()
+        self.first_seen: dict[EdgeKey, int] = {}
+        self.last_seen: dict[EdgeKey, int] = {}
+
+    def add_bucket(self, bucket: _OpenBucket, start: int) -> None:
+        # One per connection, with its highest verdict: the edge it counts for.
+        edges = list(map(_EDGE, bucket.verdicts.values()))
+        self.connections.update(edges)
+        self.first_seen = dict.fromkeys(edges, start) | self.first_seen
+        self.last_seen.update(dict.fromkeys(edges, bucket.end))
+
+    def batch(self, sealed_until: int | None) -> Batch:
+        totals = {
+            edge: EdgeTotals(self.first_seen[edge], self.last_seen[edge], count)
+            for edge, count in self.connections.items()
+        }
+        return Batch(totals, sealed_until)
+
+
 @dataclass
 class _OpenBucket:
     end: int
-    verdicts: dict[Connection, int] = field(default_factory=dict)
+    # Connection -> the highest verdict its flow keys reported in this bucket.
+    verdicts: dict[str, KeyVerdict] = field(default_factory=dict)
 
 
 def _add_totals(
@@ -84,7 +134,12 @@ def _add_totals(
 
 
 class EdgeBuffer:
-    """Thread-safe: the receive loop calls `add`, the flusher `seal_quiet_buckets` and `take`."""
+    """Thread-safe: the receive loop calls `add`, the flusher `seal_quiet_buckets` and `take`.
+
+    `add` only queues the result: the queue is counted under the lock every
+    `_BATCH_SIZE` results, and by every method that reads the buffer, so that nothing
+    queued is ever missed. The receive loop's cost per result decides the receive rate.
+    """
 
     def __init__(
         self,
@@ -94,17 +149,24 @@ class EdgeBuffer:
         quiet_seconds: float = DEFAULT_QUIET_SECONDS,
     ) -> None:
         self._lock = threading.Lock()
+        # Appended to without the lock (list.append is atomic); emptied from the front only
+        # under the lock, so an append during a drain is kept for the next one.
+        self._queued: list[bytes] = []
         self._open: dict[int, _OpenBucket] = {}
         self._newest_open_start = 0
-        self._sealed = Batch(sealed_until=sealed_until)
+        self._sealed = _SealedCounts()
+        # The progress the next batch brings the store to: None until a bucket seals.
+        self._sealed_progress = sealed_until
         self._sealed_until = sealed_until or 0
         self._flow_clock = flow_clock
         self._quiet_seconds = quiet_seconds
         self._last_add = time.monotonic()
         # Buckets this stream sealed on silence alone: more of them means a stalled network.
         self._sealed_by_quiet: set[int] = set()
+        # Serialised FlowKey -> what it reports, or why it is skipped.
+        self._key_verdicts: dict[bytes, KeyVerdict | str] = {}
         # Plain counters, read by the metrics collector: no metric call per flow.
-        self.received = 0
+        self._counted = 0
         self.skipped: dict[str, int] = {}
         self.newest_flow_end = 0
 
@@ -112,6 +174,7 @@ class EdgeBuffer:
     def sealed_until(self) -> int | None:
         """End of the newest sealed bucket: where a resumed stream must start."""
         with self._lock:
+            self._count_queued()
             return self._sealed_until or None
 
     def restore_progress(self, sealed_until: int | None) -> None:
@@ -119,40 +182,118 @@ class EdgeBuffer:
         with self._lock:
             self._sealed_until = max(self._sealed_until, sealed_until or 0)
 
-    def add(self, result: goldmane_pb2.FlowResult) -> str | None:
-        """Take one FlowResult; returns the skip reason, or None when it counts."""
-        report = report_of(result.flow)
-        with self._lock:
-            self.received += 1
-            self._last_add = time.monotonic()
-            if isinstance(report, str):
-                return self._skip(report)
-            return self._add_report(report)
+    @property
+    def received(self) -> int:
+        """Results taken so far, counted or still queued."""
+        return self._counted + len(self._queued)
 
-    def _add_report(self, report: Report) -> str | None:
-        start = report.bucket_start
+    def consume(self, results: Iterable[bytes]) -> None:
+        """Take serialised FlowResults as a stream delivers them, until it ends (receive loop).
+
+        They are queued and counted a batch at a time: this loop is the receive rate.
+        """
+        queued = self._queued
+        append = queued.append
+        for data in results:
+            append(data)
+            if len(queued) >= _BATCH_SIZE:
+                with self._lock:
+                    self._count_queued()
+
+    def add(self, data: bytes) -> None:
+        """Take one serialised FlowResult."""
+        self.consume((data,))
+
+    def count_queued(self) -> None:
+        """Count what was queued now (the metrics read `skipped` after this)."""
+        with self._lock:
+            self._count_queued()
+
+    def _count_queued(self) -> None:
+        queued = self._queued
+        batch = queued[: len(queued)]
+        if not batch:
+            return
+        del queued[: len(batch)]
+        # After the del: `received` may lag for a moment, but never counts a result twice.
+        self._counted += len(batch)
+        self._last_add = time.monotonic()
+        index = 0
+        while index < len(batch):
+            bucket = self._open.get(self._newest_open_start)
+            index = count_known(
+                batch,
+                index,
+                self._key_verdicts,
+                self._newest_open_start if bucket else None,
+                bucket.end if bucket else None,
+                bucket.verdicts if bucket else {},
+                self.skipped,
+            )
+            if index < len(batch):
+                # The first of a bucket, a key not seen yet, an unusual layout: every rule.
+                data = batch[index]
+                self._count(data, flow_head(data))
+                index += 1
+
+    def _count(self, data: bytes, head: FlowHead | None) -> None:
+        """One result, every rule applied; returns after counting it or its skip reason."""
+        if head is None:
+            # Laid out unlike protobuf's usual encoding: protobuf decodes it.
+            try:
+                report = report_of(goldmane_pb2.FlowResult.FromString(data).flow)
+            except DecodeError:
+                report = SKIP_UNDECODABLE
+            if isinstance(report, str):
+                self._skip(report)
+            else:
+                decoded = key_verdict(report.connection, report.rank)
+                self._add_report(decoded, report.bucket_start, report.bucket_end)
+            return
+        key, start, end = head
+        known = self._key_verdicts.get(key)
+        verdict = self._verdict_of_key(key) if known is None else known
+        if isinstance(verdict, str):
+            self._skip(verdict)
+        elif is_bad_time(start, end):
+            self._skip(SKIP_BAD_TIME)
+        else:
+            self._add_report(verdict, start, end)
+
+    def _verdict_of_key(self, key: bytes) -> KeyVerdict | str:
+        try:
+            target = target_of(goldmane_pb2.FlowKey.FromString(key))
+        except DecodeError:
+            return SKIP_UNDECODABLE
+        verdict = target if isinstance(target, str) else key_verdict(*target)
+        if len(self._key_verdicts) >= _KEY_CACHE_LIMIT:
+            self._key_verdicts.clear()
+        self._key_verdicts[key] = verdict
+        return verdict
+
+    def _add_report(self, verdict: KeyVerdict, start: int, end: int) -> None:
         now = self._flow_clock()
         if not now - _PLAUSIBLE_PAST_SECONDS <= start <= now + _PLAUSIBLE_FUTURE_SECONDS:
-            return self._skip(SKIP_BAD_TIME)
+            self._skip(SKIP_BAD_TIME)
+            return
         if start < self._sealed_until:
-            return self._skip(SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE)
+            self._skip(SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE)
+            return
         bucket = self._open.get(start)
         if bucket is None:
-            bucket = self._open[start] = _OpenBucket(report.bucket_end)
+            bucket = self._open[start] = _OpenBucket(end)
             if start > self._newest_open_start:
                 self._newest_open_start = start
                 # Buckets arrive in order: a newer one means the older ones are complete.
                 self._seal(lambda open_start: open_start < start)
-        verdicts = bucket.verdicts
-        if verdicts.get(report.connection, -1) < report.rank:
-            verdicts[report.connection] = report.rank
-        if report.bucket_end > self.newest_flow_end:
-            self.newest_flow_end = report.bucket_end
-        return None
+        best = bucket.verdicts.get(verdict.connection)
+        if best is None or best.rank < verdict.rank:
+            bucket.verdicts[verdict.connection] = verdict
+        if end > self.newest_flow_end:
+            self.newest_flow_end = end
 
-    def _skip(self, reason: str) -> str:
+    def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        return reason
 
     def seal_quiet_buckets(self) -> int:
         """Seal open buckets whose push is past and whose burst has ended; returns how many.
@@ -161,6 +302,7 @@ class EdgeBuffer:
         will come to seal it.
         """
         with self._lock:
+            self._count_queued()
             if time.monotonic() - self._last_add < self._quiet_seconds:
                 return 0
             now = self._flow_clock()
@@ -172,20 +314,21 @@ class EdgeBuffer:
 
     def _seal(self, is_complete: Callable[[int], bool]) -> list[int]:
         done = sorted(start for start in self._open if is_complete(start))
-        edges = self._sealed.edges
         for start in done:
             bucket = self._open.pop(start)
-            for connection, rank in bucket.verdicts.items():
-                key = (connection[0], connection[2], ACTION_BY_RANK[rank])
-                _add_totals(edges, key, start, bucket.end, 1)
+            self._sealed.add_bucket(bucket, start)
             self._sealed_until = max(self._sealed_until, bucket.end)
         if done:
-            self._sealed.sealed_until = self._sealed_until
+            self._sealed_progress = self._sealed_until
         return done
 
     def discard_open(self) -> int:
-        """Forget partly received buckets (the stream dropped); they will be asked for again."""
+        """Forget partly received buckets (the stream dropped); they will be asked for again.
+
+        What was queued is counted first: it may complete (seal) an older bucket.
+        """
         with self._lock:
+            self._count_queued()
             dropped = sum(len(bucket.verdicts) for bucket in self._open.values())
             self._open.clear()
             self._newest_open_start = 0
@@ -195,12 +338,15 @@ class EdgeBuffer:
     def take(self) -> Batch:
         """Hand the sealed totals to the flusher and start a new batch."""
         with self._lock:
-            batch = self._sealed
-            self._sealed = Batch()
+            self._count_queued()
+            batch = self._sealed.batch(self._sealed_progress)
+            self._sealed = _SealedCounts()
+            self._sealed_progress = None
             return batch
 
     def sizes(self) -> tuple[int, int]:
         """(open connections, sealed edges awaiting flush), for the buffer-size gauge."""
         with self._lock:
+            self._count_queued()
             open_entries = sum(len(bucket.verdicts) for bucket in self._open.values())
-            return open_entries, len(self._sealed.edges)
+            return open_entries, len(self._sealed.connections)

@@ -43,6 +43,7 @@ SKIP_UNKNOWN_ENUM: Final = "unknown_enum"
 SKIP_BAD_TIME: Final = "bad_time"
 SKIP_DUPLICATE: Final = "duplicate"
 SKIP_LATE: Final = "late"
+SKIP_UNDECODABLE: Final = "undecodable"
 SKIP_REASONS: Final = (
     SKIP_NO_KEY,
     SKIP_NOT_NAMESPACED,
@@ -52,10 +53,14 @@ SKIP_REASONS: Final = (
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
     SKIP_LATE,
+    SKIP_UNDECODABLE,
 )
 
 Connection = tuple[str, str, str, str, int, str]
 """(src_ns, src_name, dst_ns, dst_name, dst_port, proto)"""
+
+Target = tuple[Connection, int]
+"""What a flow key reports: its connection and the rank of its verdict."""
 
 
 class Report:
@@ -91,11 +96,8 @@ def _is_namespace(name: str) -> bool:
     return verdict
 
 
-def report_of(flow: goldmane_pb2.Flow) -> Report | str:
-    """The report a flow makes about its connection, or a skip reason from SKIP_REASONS."""
-    if not flow.HasField("Key"):
-        return SKIP_NO_KEY
-    key = flow.Key
+def target_of(key: goldmane_pb2.FlowKey) -> Target | str:
+    """The connection a flow key reports on and its verdict rank, or a skip reason."""
     src_ns = key.source_namespace
     dst_ns = key.dest_namespace
     if not src_ns or not dst_ns or src_ns == NOT_NAMESPACED or dst_ns == NOT_NAMESPACED:
@@ -107,9 +109,22 @@ def report_of(flow: goldmane_pb2.Flow) -> Report | str:
     rank = _RANK_BY_WIRE_ACTION.get(key.action)
     if rank is None or key.reporter not in _KNOWN_REPORTERS:
         return SKIP_UNKNOWN_ENUM
-    start = flow.start_time
-    end = flow.end_time
-    if start <= 0 or end < start:
+    return (src_ns, key.source_name, dst_ns, key.dest_name, key.dest_port, key.proto), rank
+
+
+def is_bad_time(start: int, end: int) -> bool:
+    """Bucket times no Goldmane sends (the buffer also checks them against its clock)."""
+    return start <= 0 or end < start
+
+
+def report_of(flow: goldmane_pb2.Flow) -> Report | str:
+    """The report a flow makes about its connection, or a skip reason from SKIP_REASONS."""
+    if not flow.HasField("Key"):
+        return SKIP_NO_KEY
+    target = target_of(flow.Key)
+    if isinstance(target, str):
+        return target
+    if is_bad_time(flow.start_time, flow.end_time):
         return SKIP_BAD_TIME
-    connection = (src_ns, key.source_name, dst_ns, key.dest_name, key.dest_port, key.proto)
-    return Report(connection, rank, start, end)
+    connection, rank = target
+    return Report(connection, rank, flow.start_time, flow.end_time)

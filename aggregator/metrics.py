@@ -23,6 +23,7 @@ class _BufferCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         buffer = self._buffer
+        buffer.count_queued()
         yield CounterMetricFamily(
             f"{PREFIX}_flows_received",
             "Flow results received from Goldmane.",

@@ -23,10 +23,19 @@ T0 = 1_800_000_000  # a bucket start (multiple of 15)
 
 def sealed_edges(buffer: EdgeBuffer) -> dict[tuple[str, str, str], EdgeTotals]:
     """Seal whatever is open by sending a flow of a much later bucket, then take the batch."""
-    buffer.add(flow_result("zz-later", "zz-other", start=T0 + 100 * BUCKET))
+    add(buffer, flow_result("zz-later", "zz-other", start=T0 + 100 * BUCKET))
     edges = buffer.take().edges
     edges.pop(("zz-later", "zz-other", "allow"), None)
     return edges
+
+
+def add(buffer: EdgeBuffer, result: pb.FlowResult) -> str | None:
+    """Give the buffer one result as the stream does; the reason it was skipped, or None."""
+    before = dict(buffer.skipped)
+    buffer.add(result.SerializeToString())
+    buffer.count_queued()
+    reasons = [reason for reason, count in buffer.skipped.items() if count != before.get(reason)]
+    return reasons[0] if reasons else None
 
 
 def new_buffer() -> EdgeBuffer:
@@ -50,29 +59,31 @@ def test_reports_without_two_distinct_real_namespaces_are_skipped(
     src_ns: str, dst_ns: str, reason: str
 ) -> None:
     buffer = new_buffer()
-    assert buffer.add(flow_result(src_ns, dst_ns, start=T0)) == reason
+    assert add(buffer, flow_result(src_ns, dst_ns, start=T0)) == reason
     assert buffer.skipped == {reason: 1}
     assert sealed_edges(buffer) == {}
 
 
 def test_public_and_host_endpoint_peers_are_not_edges() -> None:
     buffer = new_buffer()
-    assert buffer.add(flow_result("frontend", "-", dst_name="pub", start=T0)) == SKIP_NOT_NAMESPACED
-    assert buffer.add(flow_result("-", "api", src_name="node-1", start=T0)) == SKIP_NOT_NAMESPACED
+    to_public = flow_result("frontend", "-", dst_name="pub", start=T0)
+    from_host = flow_result("-", "api", src_name="node-1", start=T0)
+    assert add(buffer, to_public) == SKIP_NOT_NAMESPACED
+    assert add(buffer, from_host) == SKIP_NOT_NAMESPACED
     assert sealed_edges(buffer) == {}
 
 
 def test_a_result_without_a_key_is_skipped() -> None:
     buffer = new_buffer()
     result = pb.FlowResult(id=1, flow=pb.Flow(start_time=T0, end_time=T0 + BUCKET))
-    assert buffer.add(result) == SKIP_NO_KEY
-    assert buffer.add(pb.FlowResult(id=2)) == SKIP_NO_KEY
+    assert add(buffer, result) == SKIP_NO_KEY
+    assert add(buffer, pb.FlowResult(id=2)) == SKIP_NO_KEY
 
 
 def test_unknown_action_or_reporter_values_are_skipped() -> None:
     buffer = new_buffer()
-    assert buffer.add(flow_result(start=T0, action=7)) == SKIP_UNKNOWN_ENUM
-    assert buffer.add(flow_result(start=T0, reporter=9)) == SKIP_UNKNOWN_ENUM
+    assert add(buffer, flow_result(start=T0, action=7)) == SKIP_UNKNOWN_ENUM
+    assert add(buffer, flow_result(start=T0, reporter=9)) == SKIP_UNKNOWN_ENUM
     assert buffer.skipped == {SKIP_UNKNOWN_ENUM: 2}
 
 
@@ -80,21 +91,21 @@ def test_a_flow_with_impossible_times_is_skipped() -> None:
     buffer = new_buffer()
     result = flow_result(start=T0)
     result.flow.end_time = T0 - 1
-    assert buffer.add(result) == SKIP_BAD_TIME
-    assert buffer.add(flow_result(start=0)) == SKIP_BAD_TIME
+    assert add(buffer, result) == SKIP_BAD_TIME
+    assert add(buffer, flow_result(start=0)) == SKIP_BAD_TIME
 
 
 def test_src_and_dst_reports_of_one_connection_count_once() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0, reporter=pb.Src))
-    buffer.add(flow_result(start=T0, reporter=pb.Dst))
+    add(buffer, flow_result(start=T0, reporter=pb.Src))
+    add(buffer, flow_result(start=T0, reporter=pb.Dst))
     assert sealed_edges(buffer) == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}
 
 
 def test_ingress_denied_at_destination_makes_one_deny_edge_and_no_allow() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0, reporter=pb.Src, action=pb.Allow))
-    buffer.add(flow_result(start=T0, reporter=pb.Dst, action=pb.Deny))
+    add(buffer, flow_result(start=T0, reporter=pb.Src, action=pb.Allow))
+    add(buffer, flow_result(start=T0, reporter=pb.Dst, action=pb.Deny))
     assert sealed_edges(buffer) == {("frontend", "api", "deny"): EdgeTotals(T0, T0 + BUCKET, 1)}
 
 
@@ -113,34 +124,34 @@ def test_verdict_is_deny_over_allow_over_pass_over_unspecified(
     actions: tuple[int, int], verdict: str
 ) -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0, reporter=pb.Src, action=actions[0]))
-    buffer.add(flow_result(start=T0, reporter=pb.Dst, action=actions[1]))
+    add(buffer, flow_result(start=T0, reporter=pb.Src, action=actions[0]))
+    add(buffer, flow_result(start=T0, reporter=pb.Dst, action=actions[1]))
     assert list(sealed_edges(buffer)) == [("frontend", "api", verdict)]
 
 
 def test_dest_service_fields_do_not_split_a_connection() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0, reporter=pb.Src, service="api-svc"))
-    buffer.add(flow_result(start=T0, reporter=pb.Dst, service=""))
-    buffer.add(flow_result(start=T0, reporter=pb.Src, service=""))
+    add(buffer, flow_result(start=T0, reporter=pb.Src, service="api-svc"))
+    add(buffer, flow_result(start=T0, reporter=pb.Dst, service=""))
+    add(buffer, flow_result(start=T0, reporter=pb.Src, service=""))
     assert sealed_edges(buffer)[("frontend", "api", "allow")].flow_count == 1
 
 
 def test_distinct_connections_between_two_namespaces_each_count() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0, port=8080))
-    buffer.add(flow_result(start=T0, port=9090))
-    buffer.add(flow_result(start=T0, proto="udp"))
-    buffer.add(flow_result(start=T0, src_name="worker-*"))
-    buffer.add(flow_result(start=T0, dst_name="db-*"))
+    add(buffer, flow_result(start=T0, port=8080))
+    add(buffer, flow_result(start=T0, port=9090))
+    add(buffer, flow_result(start=T0, proto="udp"))
+    add(buffer, flow_result(start=T0, src_name="worker-*"))
+    add(buffer, flow_result(start=T0, dst_name="db-*"))
     assert sealed_edges(buffer)[("frontend", "api", "allow")].flow_count == 5
 
 
 def test_one_connection_counts_once_per_bucket_and_times_are_flow_times() -> None:
     buffer = new_buffer()
     for bucket in range(3):
-        buffer.add(flow_result(start=T0 + bucket * BUCKET, reporter=pb.Src))
-        buffer.add(flow_result(start=T0 + bucket * BUCKET, reporter=pb.Dst))
+        add(buffer, flow_result(start=T0 + bucket * BUCKET, reporter=pb.Src))
+        add(buffer, flow_result(start=T0 + bucket * BUCKET, reporter=pb.Dst))
     assert sealed_edges(buffer) == {
         ("frontend", "api", "allow"): EdgeTotals(T0, T0 + 3 * BUCKET, 3)
     }
@@ -148,9 +159,9 @@ def test_one_connection_counts_once_per_bucket_and_times_are_flow_times() -> Non
 
 def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0))
+    add(buffer, flow_result(start=T0))
     assert buffer.take().edges == {}
-    buffer.add(flow_result(start=T0 + BUCKET))
+    add(buffer, flow_result(start=T0 + BUCKET))
     batch = buffer.take()
     assert batch.edges == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}
     assert batch.sealed_until == T0 + BUCKET
@@ -159,14 +170,14 @@ def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
 
 def test_reports_of_a_sealed_bucket_are_duplicates() -> None:
     buffer = EdgeBuffer(sealed_until=T0 + BUCKET, flow_clock=lambda: T0)
-    assert buffer.add(flow_result(start=T0)) == SKIP_DUPLICATE
-    assert buffer.add(flow_result(start=T0 + BUCKET)) is None
+    assert add(buffer, flow_result(start=T0)) == SKIP_DUPLICATE
+    assert add(buffer, flow_result(start=T0 + BUCKET)) is None
 
 
 def test_a_quiet_bucket_seals_once_its_push_time_has_passed() -> None:
     now = [float(T0 + BUCKET)]
     buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: now[0], quiet_seconds=0)
-    buffer.add(flow_result(start=T0))
+    add(buffer, flow_result(start=T0))
     assert buffer.seal_quiet_buckets() == 0  # Goldmane pushes [S, S+15) at S+30
     now[0] = T0 + 2 * BUCKET
     assert buffer.seal_quiet_buckets() == 1
@@ -176,30 +187,30 @@ def test_a_quiet_bucket_seals_once_its_push_time_has_passed() -> None:
 def test_reports_arriving_after_a_quiet_seal_are_counted_as_late() -> None:
     now = [float(T0 + 2 * BUCKET)]
     buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: now[0], quiet_seconds=0)
-    buffer.add(flow_result(start=T0, port=1))
+    add(buffer, flow_result(start=T0, port=1))
     assert buffer.seal_quiet_buckets() == 1
-    assert buffer.add(flow_result(start=T0, port=2)) == SKIP_LATE
+    assert add(buffer, flow_result(start=T0, port=2)) == SKIP_LATE
     buffer.discard_open()  # a new stream: the same bucket again is a plain duplicate
-    assert buffer.add(flow_result(start=T0, port=2)) == SKIP_DUPLICATE
+    assert add(buffer, flow_result(start=T0, port=2)) == SKIP_DUPLICATE
 
 
 @pytest.mark.parametrize("start", [15, T0 * 1000, T0 - 2 * 86_400, T0 + 2 * 3600])
 def test_flow_times_far_from_the_clock_are_skipped(start: int) -> None:
     buffer = new_buffer()
-    assert buffer.add(flow_result(start=start)) == SKIP_BAD_TIME
+    assert add(buffer, flow_result(start=start)) == SKIP_BAD_TIME
     assert buffer.sealed_until is None
 
 
 def test_a_bucket_still_arriving_is_not_sealed_by_time() -> None:
     buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + 3600, quiet_seconds=60)
-    buffer.add(flow_result(start=T0))
+    add(buffer, flow_result(start=T0))
     assert buffer.seal_quiet_buckets() == 0
 
 
 def test_discarding_open_buckets_forgets_partial_data_but_not_progress() -> None:
     buffer = new_buffer()
-    buffer.add(flow_result(start=T0))
-    buffer.add(flow_result(start=T0 + BUCKET))
+    add(buffer, flow_result(start=T0))
+    add(buffer, flow_result(start=T0 + BUCKET))
     assert buffer.discard_open() == 1
     assert buffer.sealed_until == T0 + BUCKET
     assert buffer.take().edges == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}

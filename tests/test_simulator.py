@@ -53,12 +53,12 @@ def test_growing_adds_a_relationship_the_cluster_did_not_have() -> None:
 
 
 def read_results(
-    call_and_results: tuple[grpc.Call, Iterator[pb.FlowResult]], count: int
+    call_and_results: tuple[grpc.Call, Iterator[bytes]], count: int
 ) -> list[pb.FlowResult]:
     call, results = call_and_results
     received = []
-    for result in results:
-        received.append(result)
+    for data in results:
+        received.append(pb.FlowResult.FromString(data))
         if len(received) >= count:
             break
     call.cancel()

@@ -335,7 +335,7 @@ def measure_raw(settings: GoldmaneSettings, loadgen_pid: int | None) -> tuple[in
         call = channel.unary_stream(
             STREAM_METHOD,
             request_serializer=pb.FlowStreamRequest.SerializeToString,
-            response_deserializer=lambda b: b,
+            response_deserializer=None,  # as the daemon's `stream_flows`
         )
         results: Iterator[bytes] = iter(call(pb.FlowStreamRequest(start_time_gte=T0)))
         # The clock starts at the first result: connect and TLS handshake are not throughput.

@@ -103,6 +103,7 @@ from aggregator.mapping import ACTION_BY_RANK, report_of
 from aggregator.pki import Pki, make_pki
 from aggregator.settings import DaemonSettings, GoldmaneSettings
 from aggregator.store.migrations import migrate
+from aggregator.wire import goldmane_pb2 as pb
 
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_LENGTHS: Final = (100_000, 1_000_000, 5_000_000)
@@ -368,9 +369,9 @@ def _measure_naive(args: argparse.Namespace) -> Run:
             execute = conn.execute
             statements = 0
 
-            def upsert(result: Any) -> None:
+            def upsert(data: bytes) -> None:
                 nonlocal statements
-                report = report_of(result.flow)
+                report = report_of(pb.FlowResult.FromString(data).flow)
                 if isinstance(report, str):
                     return
                 connection = report.connection

@@ -6,11 +6,11 @@ FlowResults over mutual TLS on 127.0.0.1. The load generator gets one CPU; the c
 processes get the other, so the figures are per client core.
 
   A  raw limit: gRPC over mTLS with the project's channel options (`open_channel`), each
-     result left undecoded (identity deserializer).
-  B  the real receive path, as the daemon's receiver loop: `stream_flows` (decode) feeding
-     every result to `EdgeBuffer.add` (map + coalesce).
-  C  no network: decode + `EdgeBuffer.add` of the same messages from memory (the CPU
-     ceiling of our own code).
+     result left undecoded (no deserializer, as the daemon's).
+  B  the real receive path, as the daemon's receiver loop: `stream_flows` feeding every
+     serialised result to `EdgeBuffer.consume` (read key and times, map, coalesce).
+  C  no network: `EdgeBuffer.consume` of the same messages from memory (the CPU ceiling of
+     our own code).
 
 Each measurement runs in a fresh Python process (so peak RSS and warm-up are its own), 3
 times, interleaved; the table shows medians. Run from the repository root with the dev
@@ -63,7 +63,6 @@ from aggregator.buffer import EdgeBuffer
 from aggregator.goldmane_client import open_channel, stream_flows
 from aggregator.pki import make_pki
 from aggregator.settings import GoldmaneSettings
-from aggregator.wire import goldmane_pb2 as pb
 
 DEFAULT_RESULTS: Final = 300_000
 DEFAULT_EDGES: Final = 1_000
@@ -116,12 +115,11 @@ def _measure_receive_path(args: argparse.Namespace) -> RunResult:
     try:
         buffer = _buffer(args)
         _, results = stream_flows(channel, T0)
-        add = buffer.add
-        add(next(results))
+        buffer.add(next(results))
         window = Window(args.loadgen_pid)
         # The daemon's receiver loop, as it is.
-        for result in results:
-            add(result)
+        buffer.consume(results)
+        buffer.count_queued()
         window.stop()
     finally:
         channel.close()
@@ -131,12 +129,10 @@ def _measure_receive_path(args: argparse.Namespace) -> RunResult:
 def _measure_no_network(args: argparse.Namespace) -> RunResult:
     messages = read_messages(Path(args.data))
     buffer = _buffer(args)
-    add = buffer.add
-    parse = pb.FlowResult.FromString
-    add(parse(messages[0]))
+    buffer.add(messages[0])
     window = Window(None)
-    for message in messages[1:]:
-        add(parse(message))
+    buffer.consume(messages[1:])
+    buffer.count_queued()
     window.stop()
     return _result("C", buffer.received, window, buffer)
 

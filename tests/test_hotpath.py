@@ -1,0 +1,272 @@
+"""The receive loop's wire reading: the C helper, its Python reference and protobuf agree."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sysconfig
+from collections.abc import Callable, Iterator
+
+import pytest
+from google.protobuf.message import DecodeError
+
+from aggregator import buffer as buffer_module
+from aggregator import hotpath
+from aggregator.buffer import EdgeBuffer
+from aggregator.hotpath import KeyVerdict, count_known_python, flow_head_python
+from aggregator.mapping import SKIP_UNDECODABLE
+from aggregator.wire import goldmane_pb2 as pb
+from tests.flows import BUCKET, flow_result
+
+T0 = 1_800_000_000
+
+compiled = pytest.mark.skipif(not hotpath.COMPILED, reason="the C helper is not built")
+
+
+def _compiler_available() -> bool:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(compiler) is not None
+
+
+def test_the_c_helper_is_built_wherever_a_compiler_is() -> None:
+    if not _compiler_available():
+        pytest.skip("no C compiler: the Python receive path is the one in use")
+    assert hotpath.COMPILED, "pip install -e . should have compiled aggregator/_hotpath.c"
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    value &= 2**64 - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire_type) + payload
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _field(number, 2, _varint(len(payload)) + payload)
+
+
+def _random_result(rng: random.Random) -> pb.FlowResult:
+    result = flow_result(
+        rng.choice(["frontend", "api", "-", "kube-system", "Bad_Name", ""]),
+        rng.choice(["api", "dbaas", "-", "frontend"]),
+        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**40]),
+        port=rng.randrange(65536),
+        reporter=rng.choice([pb.Src, pb.Dst, 9]),
+        action=rng.choice([pb.Allow, pb.Deny, pb.Pass, 7]),
+        result_id=rng.choice([0, 1, 2**31, 2**62]),
+    )
+    result.flow.source_labels.extend(["app=web"] * rng.randrange(3))
+    result.flow.bytes_in = rng.randrange(2**40)
+    if rng.random() < 0.1:
+        result.flow.ClearField("Key")
+    if rng.random() < 0.1:
+        result.ClearField("flow")
+    return result
+
+
+def _layouts(rng: random.Random, result: pb.FlowResult) -> Iterator[bytes]:
+    """The canonical encoding and encodings of the same or other meaning that protobuf allows."""
+    canonical = result.SerializeToString()
+    flow = result.flow.SerializeToString()
+    key = result.flow.Key.SerializeToString()
+    yield canonical
+    # Fields in another order, unknown fields of every wire type, times given twice.
+    times = _field(2, 0, _varint(T0 - 15)) + _field(3, 0, _varint(T0))
+    unknowns = (
+        _field(99, 0, _varint(2**63 + 5))
+        + _field(98, 1, b"\x01" * 8)
+        + _field(97, 5, b"\x02" * 4)
+        + _length_delimited(96, b"junk")
+    )
+    reordered_flow = times + unknowns + _length_delimited(1, key) + flow[len(key) + 2 :]
+    yield _length_delimited(2, reordered_flow) + _field(1, 0, _varint(7))
+    yield _length_delimited(2, flow + times)
+    # Flow or Key twice: protobuf merges them, so the reader must step aside.
+    yield canonical + _length_delimited(2, _field(2, 0, _varint(T0 + 30)))
+    yield _length_delimited(2, _length_delimited(1, key) + flow)
+    # A group, a wire type that does not exist, a field 0.
+    yield canonical + _field(50, 3, b"") + _field(50, 4, b"")
+    yield canonical + _field(51, 6, b"")
+    yield b"\x00\x00" + canonical
+    # Truncated anywhere, and bytes flipped anywhere.
+    cut = rng.randrange(len(canonical) + 1)
+    yield canonical[:cut]
+    damaged = bytearray(canonical)
+    for _ in range(rng.randrange(1, 4)):
+        if damaged:
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+    yield bytes(damaged)
+    # Overlong and over-long varints.
+    yield _field(1, 0, b"\xff" * 10 + b"\x01") + _length_delimited(2, flow)
+    yield _field(1, 0, b"\x80" * 9 + b"\x00") + _length_delimited(2, flow)
+
+
+def _inputs(count: int, seed: int) -> Iterator[bytes]:
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield from _layouts(rng, _random_result(rng))
+
+
+# --- flow_head ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flow_head_reads_what_protobuf_reads(seed: int) -> None:
+    for data in _inputs(300, seed):
+        head = flow_head_python(data)
+        try:
+            decoded = pb.FlowResult.FromString(data)
+        except DecodeError:
+            continue  # protobuf refuses it; the buffer then counts it as undecodable
+        if head is None:
+            continue  # the buffer decodes it with protobuf
+        key, start, end = head
+        assert pb.FlowKey.FromString(key) == decoded.flow.Key, data.hex()
+        assert (start, end) == (decoded.flow.start_time, decoded.flow.end_time), data.hex()
+
+
+def test_flow_head_steps_aside_when_protobuf_would_merge_fields() -> None:
+    result = flow_result(start=T0)
+    twice = result.SerializeToString() + result.SerializeToString()
+    key_twice = _length_delimited(2, result.flow.SerializeToString() * 2)
+    assert flow_head_python(twice) is None
+    assert flow_head_python(key_twice) is None
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(4))
+def test_the_c_flow_head_agrees_with_the_python_one(seed: int) -> None:
+    for data in _inputs(300, seed):
+        assert hotpath.flow_head(data) == flow_head_python(data), data.hex()
+
+
+# --- count_known --------------------------------------------------------------------------------
+
+
+def _count_known_case(
+    seed: int,
+) -> tuple[list[bytes], dict[bytes, KeyVerdict | str], dict[str, KeyVerdict]]:
+    rng = random.Random(seed)
+    results = [_random_result(rng) for _ in range(40)]
+    batch = [data for result in results for data in list(_layouts(rng, result))[:3]]
+    verdicts: dict[bytes, KeyVerdict | str] = {}
+    for result in results:
+        if rng.random() < 0.8:
+            key = result.flow.Key
+            connection = repr((key.source_namespace, key.dest_namespace, key.dest_port))
+            edge = (key.source_namespace, key.dest_namespace, "allow")
+            verdicts[key.SerializeToString()] = rng.choice(
+                [KeyVerdict(connection, rng.randrange(4), edge), "self_edge"]
+            )
+    return batch, verdicts, {}
+
+
+def _run_count_known(
+    count_known: Callable[..., int], seed: int
+) -> tuple[list[int], dict[str, KeyVerdict], dict[str, int]]:
+    batch, verdicts, open_verdicts = _count_known_case(seed)
+    skipped: dict[str, int] = {}
+    stops = []
+    index = 0
+    while index < len(batch):
+        index = count_known(batch, index, verdicts, T0, T0 + BUCKET, open_verdicts, skipped)
+        stops.append(index)
+        index += 1
+    return stops, open_verdicts, skipped
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(8))
+def test_the_c_count_known_agrees_with_the_python_one(seed: int) -> None:
+    assert _run_count_known(hotpath.count_known, seed) == _run_count_known(count_known_python, seed)
+
+
+def test_count_known_stops_where_the_buffer_must_apply_every_rule() -> None:
+    known = flow_result(start=T0)
+    key = known.flow.Key.SerializeToString()
+    verdict = KeyVerdict("c", 2, ("frontend", "api", "allow"))
+    unknown = flow_result(src_ns="other", start=T0)
+    later = flow_result(start=T0 + BUCKET)
+    batch = [
+        known.SerializeToString(),
+        unknown.SerializeToString(),
+        later.SerializeToString(),
+        b"\xff",
+    ]
+    open_verdicts: dict[str, KeyVerdict] = {}
+    count = count_known_python
+    assert count(batch, 0, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 1
+    assert open_verdicts == {"c": verdict}
+    assert count(batch, 2, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 2
+    assert count(batch, 3, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 3
+    assert count(batch, 0, {key: verdict}, None, None, open_verdicts, {}) == 0
+
+
+# --- the buffer on either implementation ---------------------------------------------------------
+
+
+def _stream(seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    stream = []
+    for bucket in range(6):
+        for _ in range(60):
+            result = _random_result(rng)
+            if result.flow.start_time in (T0, T0 + BUCKET):
+                result.flow.start_time = T0 + bucket * BUCKET
+                result.flow.end_time = result.flow.start_time + BUCKET
+            stream.extend(list(_layouts(rng, result))[: rng.randrange(1, 4)])
+    return stream
+
+
+def _outcome(stream: list[bytes]) -> tuple[object, ...]:
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + 6 * BUCKET)
+    buffer.consume(stream)
+    open_and_sealed = buffer.sizes()
+    batch = buffer.take()
+    return batch.edges, batch.sealed_until, buffer.skipped, buffer.received, open_and_sealed
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_buffer_counts_the_same_on_the_python_receive_path(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = _stream(seed)
+    in_use = _outcome(stream)
+    monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+    monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+    assert _outcome(stream) == in_use
+
+
+def test_a_result_protobuf_cannot_read_is_skipped_as_undecodable() -> None:
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0)
+    bad_key = _length_delimited(2, _length_delimited(1, b"\x0a\x05ab"))
+    buffer.consume([b"\xff\xff", bad_key, flow_result(start=T0).SerializeToString()])
+    buffer.count_queued()
+    assert buffer.skipped == {SKIP_UNDECODABLE: 2}
+    assert buffer.received == 3
+    assert buffer.sizes() == (1, 0)
+
+
+def test_a_result_with_its_flow_sent_twice_counts_as_protobuf_merges_it() -> None:
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + 2 * BUCKET)
+    first = flow_result(start=T0).SerializeToString()
+    # Protobuf merges the second flow into the first: the bucket is the second's.
+    moved = first + _length_delimited(
+        2, _field(2, 0, _varint(T0 + BUCKET)) + _field(3, 0, _varint(T0 + 2 * BUCKET))
+    )
+    buffer.consume([moved, flow_result("zz", "yy", start=T0 + 2 * BUCKET).SerializeToString()])
+    edges = buffer.take().edges
+    assert edges[("frontend", "api", "allow")].first_seen == T0 + BUCKET
