@@ -30,14 +30,15 @@ run's own.
 
 A and F run for each stream length (100k, 1M, 5M results by default) so that time and memory
 can be seen to grow with work: memory must stay flat, bounded by distinct edges. Lengths up to
-1M run three times, A and F interleaved, and the table shows medians (a shared VM's speed
-drifts by tens of percent; the column `other` shows when another process took the core).
+1M run five times, A and F interleaved, and the table shows medians (a shared VM's speed
+drifts by tens of percent; the column `other` shows when another process took the core, and
+the F/A of each interleaved pair shows how far the drift went).
 
 Each F run is checked: every result received, none skipped, no reconnect, and the trail holds
 exactly the edges and counts of the buckets sealed (the last bucket is still open when the
 daemon stops, as in production, and would be read again at the next start).
 
-Run from the repository root with the dev virtualenv (the default run takes about 7 minutes):
+Run from the repository root with the dev virtualenv (the default run takes about 9 minutes):
 
   python tests/bench/ingest.py
   python tests/bench/ingest.py --lengths 100k,1M --database-url postgresql://...
@@ -111,7 +112,7 @@ DEFAULT_EDGES: Final = 1_000
 DEFAULT_FLUSH_INTERVAL: Final = 5.0  # the daemon's default FLUSH_INTERVAL_SECONDS
 DEFAULT_NAIVE_RESULTS: Final = 100_000
 DEFAULT_LIMITED_RATE: Final = 5_000
-DEFAULT_REPEATS: Final = 3
+DEFAULT_REPEATS: Final = 5
 # Runs longer than this are made once: they average over minutes, and take them.
 REPEAT_AT_MOST: Final = 1_000_000
 
@@ -659,6 +660,18 @@ def _row(label: str, runs: list[Run], raw: list[Run] | None = None) -> str:
     ).rstrip()
 
 
+def _paired_shares(raw: dict[int, list[Run]], full: dict[int, list[Run]]) -> str:
+    """F/A of each interleaved pair of runs, median and range: how far the machine's drift goes."""
+    parts = []
+    for length in sorted(full):
+        pairs = sorted(f.rate / a.rate for a, f in zip(raw[length], full[length], strict=True))
+        if len(pairs) > 1:
+            parts.append(
+                f"{statistics.median(pairs):.2f} ({pairs[0]:.2f}-{pairs[-1]:.2f}) at {length:,}"
+            )
+    return "; F/A of each interleaved pair, median (range): " + ", ".join(parts) if parts else ""
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "NOT MET"
 
@@ -737,6 +750,7 @@ def report(
         + ", ".join(f"{share:.2f}" for share in shares)
         + "; while streaming: "
         + ", ".join(f"{median_full[n].stream_rate / median_raw[n].rate:.2f}" for n in lengths)
+        + _paired_shares(raw, full)
         + ")"
     )
     print(
@@ -927,7 +941,7 @@ def main() -> int:
         type=int,
         default=DEFAULT_REPEATS,
         help=f"runs of A and F per length up to {REPEAT_AT_MOST:,} results, interleaved; "
-        "the table shows medians (default 3)",
+        f"the table shows medians (default {DEFAULT_REPEATS})",
     )
     parser.add_argument(
         "--smoke",
