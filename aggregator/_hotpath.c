@@ -1,6 +1,6 @@
-/* The receive loop's per-result work in C: aggregator/hotpath.py holds the same two
- * functions in Python, documents their rules, and is the reference; tests/test_hotpath.py
- * checks that the two agree on every input it makes.
+/* The receive loop's per-result work in C. aggregator/hotpath.py documents the rules and
+ * holds the Python fallback used where this is not compiled; tests/test_hotpath.py checks
+ * this against protobuf and against the fallback.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -223,8 +223,10 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"flow_head", flow_head, METH_O, "See aggregator.hotpath.flow_head_python."},
-    {"count_known", count_known, METH_VARARGS, "See aggregator.hotpath.count_known_python."},
+    {"flow_head", flow_head, METH_O,
+     "(key, start_time, end_time) of a serialised FlowResult, or None: see aggregator.hotpath."},
+    {"count_known", count_known, METH_VARARGS,
+     "Count a run of simple results: see aggregator.hotpath.count_known_python."},
     {NULL, NULL, 0, NULL},
 };
 

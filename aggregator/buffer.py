@@ -47,7 +47,7 @@ DEFAULT_QUIET_SECONDS = 20.0
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # Distinct flow keys whose verdict is remembered: the same connections report bucket after
-# bucket. ~0.5 KiB each; past the limit the memory starts again from empty.
+# bucket. Under 1 KiB each; past the limit the memory starts again from empty.
 _KEY_CACHE_LIMIT = 65_536
 # Results queued before the receive loop takes the lock to count them: one lock per batch.
 _BATCH_SIZE = 256
@@ -77,7 +77,7 @@ class Batch:
             self.sealed_until = max(self.sealed_until or 0, other.sealed_until)
 
 
-def key_verdict(connection: Connection, rank: int) -> KeyVerdict:
+def _key_verdict(connection: Connection, rank: int) -> KeyVerdict:
     """The verdict of a flow key on its connection, with the edge it makes."""
     return KeyVerdict(repr(connection), rank, (connection[0], connection[2], ACTION_BY_RANK[rank]))
 
@@ -134,9 +134,9 @@ def _add_totals(
 
 
 class EdgeBuffer:
-    """Thread-safe: the receive loop calls `add`, the flusher `seal_quiet_buckets` and `take`.
+    """Thread-safe: the receive loop calls `consume`, the flusher `seal_quiet_buckets` and `take`.
 
-    `add` only queues the result: the queue is counted under the lock every
+    `consume` only queues each result: the queue is counted under the lock every
     `_BATCH_SIZE` results, and by every method that reads the buffer, so that nothing
     queued is ever missed. The receive loop's cost per result decides the receive rate.
     """
@@ -221,6 +221,8 @@ class EdgeBuffer:
         index = 0
         while index < len(batch):
             bucket = self._open.get(self._newest_open_start)
+            if bucket is not None and self._refusal(self._newest_open_start) is not None:
+                bucket = None  # buckets that overlap, or a day old: every rule, result by result
             index = count_known(
                 batch,
                 index,
@@ -237,7 +239,7 @@ class EdgeBuffer:
                 index += 1
 
     def _count(self, data: bytes, head: FlowHead | None) -> None:
-        """One result, every rule applied; returns after counting it or its skip reason."""
+        """One result with every rule applied: counted, or its skip reason counted."""
         if head is None:
             # Laid out unlike protobuf's usual encoding: protobuf decodes it.
             try:
@@ -247,7 +249,7 @@ class EdgeBuffer:
             if isinstance(report, str):
                 self._skip(report)
             else:
-                decoded = key_verdict(report.connection, report.rank)
+                decoded = _key_verdict(report.connection, report.rank)
                 self._add_report(decoded, report.bucket_start, report.bucket_end)
             return
         key, start, end = head
@@ -265,19 +267,25 @@ class EdgeBuffer:
             target = target_of(goldmane_pb2.FlowKey.FromString(key))
         except DecodeError:
             return SKIP_UNDECODABLE
-        verdict = target if isinstance(target, str) else key_verdict(*target)
+        verdict = target if isinstance(target, str) else _key_verdict(*target)
         if len(self._key_verdicts) >= _KEY_CACHE_LIMIT:
             self._key_verdicts.clear()
         self._key_verdicts[key] = verdict
         return verdict
 
-    def _add_report(self, verdict: KeyVerdict, start: int, end: int) -> None:
+    def _refusal(self, start: int) -> str | None:
+        """Why a report of the bucket starting at `start` cannot count now, or None."""
         now = self._flow_clock()
         if not now - _PLAUSIBLE_PAST_SECONDS <= start <= now + _PLAUSIBLE_FUTURE_SECONDS:
-            self._skip(SKIP_BAD_TIME)
-            return
+            return SKIP_BAD_TIME
         if start < self._sealed_until:
-            self._skip(SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE)
+            return SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE
+        return None
+
+    def _add_report(self, verdict: KeyVerdict, start: int, end: int) -> None:
+        refusal = self._refusal(start)
+        if refusal is not None:
+            self._skip(refusal)
             return
         bucket = self._open.get(start)
         if bucket is None:

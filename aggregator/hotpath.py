@@ -1,23 +1,23 @@
-"""The receive loop's work per result, without decoding the result: in C when built, else Python.
+"""The receive loop's work per result, in C when built, else in Python with protobuf.
 
 The trail needs three things from each ~540-byte FlowResult: the FlowKey (which connection,
 which verdict) and the flow's start and end time. Decoding the whole message, labels and
 counters included, and then coalescing it in Python cost more than gRPC's own work per
 result, and the receive rate is what decides whether a big cluster's trail is complete. So
-`flow_head` finds the three by walking the protobuf wire format, the FlowKey stays raw bytes
-(the buffer decodes each distinct key once and remembers its verdict), and `count_known`
-counts a run of results whose keys are known into the open bucket.
+the C helper (`_hotpath.c`, compiled at install when a C compiler is there) finds the three
+by walking the protobuf wire format, the FlowKey stays bytes (the buffer decodes each
+distinct key once and remembers its verdict), and `count_known` counts a run of results
+whose keys are known into the open bucket. Without the C helper, the Python versions below
+give the same counts at a lower rate. tests/test_hotpath.py holds them to that.
 
-Both functions exist twice with one meaning: in C (`_hotpath.c`, compiled at install when
-a C compiler is there) and in Python below, the reference, used when it is not.
-tests/test_hotpath.py checks that the two agree.
-
-The layout rule of `flow_head`: the FlowResult holds field 2 (`flow`) exactly once, and that
-Flow field 1 (`Key`) exactly once, both length-delimited; `start_time` and `end_time`
-(fields 2 and 3 of Flow) are varints, the last occurrence wins and absent is 0, as protobuf
-reads them. Anything else (a group, a wire type that does not exist, a field that runs past
-its message) gives None, and the caller decodes the message the ordinary way: protobuf is the
-authority on what an unusual message means.
+The C `flow_head` reads only the simple layout, the one protobuf writes: the FlowResult holds
+field 2 (`flow`) exactly once, and that Flow holds field 1 (`Key`) exactly once, both
+length-delimited; `start_time` and `end_time` (fields 2 and 3 of Flow) are varints, the last
+occurrence wins and absent is 0, as protobuf reads them. Anything else (a field protobuf
+would merge, a group, a wire type that does not exist, a field that runs past its message)
+gives None, and the caller decodes the message with protobuf, the authority on what an
+unusual message means. It does not look inside fields it does not read: a label that is not
+UTF-8, which protobuf refuses, does not stop it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Final, NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from aggregator.wire import goldmane_pb2
 
 FlowHead = tuple[bytes, int, int]
 """(serialised FlowKey, start_time, end_time)"""
@@ -41,87 +45,19 @@ class KeyVerdict(NamedTuple):
     """(src_ns, dst_ns, action): the edge the connection counts for with this verdict."""
 
 
-_FLOW_FIELD: Final = 2  # FlowResult.flow
-_KEY_FIELD: Final = 1  # Flow.Key
-_START_FIELD: Final = 2  # Flow.start_time
-_END_FIELD: Final = 3  # Flow.end_time
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
-_MAX_VARINT_BYTES: Final = 10
-_MAX_TAG: Final = 2**32 - 1
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _read_varint(data: bytes, position: int, end: int) -> tuple[int, int]:
-    value = 0
-    for index in range(_MAX_VARINT_BYTES):
-        if position >= end:
-            break
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << (7 * index)
-        if byte < 0x80:
-            return value & 0xFFFF_FFFF_FFFF_FFFF, position
-    raise _Malformed
-
-
-def _as_int64(value: int) -> int:
-    return value - 2**64 if value >= 2**63 else value
-
-
-def _scan(data: bytes, position: int, end: int, wanted: int, times: list[int] | None) -> range:
-    """Where the one occurrence of length-delimited field `wanted` lies in data[position:end].
-
-    In `times`, when given, the last varint fields 2 and 3 (a Flow's start and end time).
-    """
-    found: range | None = None
-    while position < end:
-        tag, position = _read_varint(data, position, end)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0 or tag > _MAX_TAG:
-            raise _Malformed
-        if number == wanted:
-            if wire_type != _LENGTH_DELIMITED or found is not None:
-                raise _Malformed
-            length, position = _read_varint(data, position, end)
-            if length > end - position:
-                raise _Malformed
-            found = range(position, position + length)
-            position += length
-        elif times is not None and number in (_START_FIELD, _END_FIELD):
-            if wire_type != _VARINT:
-                raise _Malformed
-            value, position = _read_varint(data, position, end)
-            times[number - _START_FIELD] = _as_int64(value)
-        elif wire_type == _VARINT:
-            _, position = _read_varint(data, position, end)
-        elif wire_type == _LENGTH_DELIMITED:
-            length, position = _read_varint(data, position, end)
-            if length > end - position:
-                raise _Malformed
-            position += length
-        elif wire_type in (_FIXED64, _FIXED32):
-            position += 8 if wire_type == _FIXED64 else 4
-            if position > end:
-                raise _Malformed
-        else:
-            raise _Malformed
-    if found is None:
-        raise _Malformed
-    return found
-
-
 def flow_head_python(data: bytes) -> FlowHead | None:
-    """The pure-Python `flow_head`: the reference the C helper is tested against."""
+    """`flow_head` with protobuf doing the reading: the fallback where the C helper is not built.
+
+    The key comes back re-serialised rather than as sent: it serves only to recognise a key
+    seen before, and one key always serialises the same way.
+    """
     try:
-        flow = _scan(data, 0, len(data), _FLOW_FIELD, None)
-        times = [0, 0]
-        key = _scan(data, flow.start, flow.stop, _KEY_FIELD, times)
-    except _Malformed:
+        flow = goldmane_pb2.FlowResult.FromString(data).flow
+    except DecodeError:
         return None
-    return data[key.start : key.stop], times[0], times[1]
+    if not flow.HasField("Key"):
+        return None
+    return flow.Key.SerializeToString(), flow.start_time, flow.end_time
 
 
 def count_known_python(
@@ -163,7 +99,7 @@ def count_known_python(
 _compiled: ModuleType | None
 try:
     from aggregator import _hotpath as _compiled
-except ImportError:  # no C compiler at install: the same rules, slower
+except ImportError:  # no C compiler at install: the same counts, slower
     _compiled = None
 
 flow_head: Final[Callable[[bytes], FlowHead | None]] = (
@@ -184,4 +120,4 @@ count_known: Final[
     ]
 ] = _compiled.count_known if _compiled else count_known_python
 COMPILED: Final = _compiled is not None
-"""Whether the C versions are in use (the daemon logs it: it decides the receive rate)."""
+"""Whether the C helper is in use (the daemon logs it: it decides the receive rate)."""
