@@ -47,9 +47,11 @@ static int scan_message(const uint8_t *p, const uint8_t *end, uint64_t wanted,
                         const uint8_t **found, Py_ssize_t *found_length, int64_t *times) {
     int occurrences = 0;
     while (p < end) {
+        const uint8_t *tag_start = p;
         uint64_t tag;
         p = read_varint(p, end, &tag);
-        if (p == NULL || tag > UINT32_MAX) {
+        /* Protobuf refuses a tag over 32 bits or written in more than 5 bytes. */
+        if (p == NULL || tag > UINT32_MAX || p - tag_start > 5) {
             return 0;
         }
         uint64_t number = tag >> 3;
@@ -173,6 +175,10 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!nO!OOO!O!:count_known", &PyList_Type, &batch, &index,
                           &PyDict_Type, &verdicts, &open_start_object, &open_end_object,
                           &PyDict_Type, &open_verdicts, &PyDict_Type, &skipped)) {
+        return NULL;
+    }
+    if (index < 0) {
+        PyErr_SetString(PyExc_ValueError, "count_known: index must not be negative");
         return NULL;
     }
     int has_open = open_start_object != Py_None && open_end_object != Py_None;

@@ -185,7 +185,8 @@ class EdgeBuffer:
     @property
     def received(self) -> int:
         """Results taken so far, counted or still queued."""
-        return self._counted + len(self._queued)
+        with self._lock:  # not in the middle of a drain: a counter must never go back
+            return self._counted + len(self._queued)
 
     def consume(self, results: Iterable[bytes]) -> None:
         """Take serialised FlowResults as a stream delivers them, until it ends (receive loop).
@@ -215,7 +216,6 @@ class EdgeBuffer:
         if not batch:
             return
         del queued[: len(batch)]
-        # After the del: `received` may lag for a moment, but never counts a result twice.
         self._counted += len(batch)
         self._last_add = time.monotonic()
         index = 0

@@ -165,6 +165,18 @@ def test_the_c_flow_head_steps_aside_when_protobuf_would_merge_fields() -> None:
 
 
 @compiled
+def test_the_c_flow_head_refuses_what_protobuf_refuses_in_the_fields_it_walks() -> None:
+    flow = _length_delimited(2, flow_result(start=T0).flow.SerializeToString())
+    six_byte_tag = b"\x88\x80\x80\x80\x80\x00" + b"\x07"  # field 1, varint, tag padded
+    for refused in (six_byte_tag + flow, flow[:-1], _field(2, 3, b"") + flow):
+        with pytest.raises(DecodeError):
+            pb.FlowResult.FromString(refused)
+        assert hotpath.flow_head(refused) is None, refused.hex()
+    with pytest.raises(ValueError, match="negative"):
+        hotpath.count_known([flow], -1, {}, None, None, {}, {})
+
+
+@compiled
 def test_the_c_flow_head_does_not_judge_fields_it_does_not_read() -> None:
     flow = flow_result(start=T0).flow.SerializeToString()
     not_utf8 = _length_delimited(2, flow + _length_delimited(4, b"\xff"))

@@ -682,11 +682,14 @@ def _statements_verdict(full: dict[int, list[Run]], limited: Run, bench: Bench) 
     Two signs, both needed. Every run flushed at most once per interval, plus the final flush,
     plus a tick right at the start. And the fastest run's statements/s is not the rate-limited
     run's scaled by their flow rates: below the geometric mean of 1 (flat) and that ratio
-    (proportional), so a statement per flow or per bucket cannot pass.
+    (proportional), so a statement per flow or per bucket cannot pass. The fastest run is
+    taken among those that lasted two flush intervals: in a shorter one the final flush's
+    statements alone make a high rate.
     """
     runs = [*(run for repeats in full.values() for run in repeats), limited]
     clocked = all(0 < r.flushes <= r.seconds / bench.flush_interval + 2 for r in runs)
-    fastest = max(runs, key=lambda r: r.rate)
+    long_enough = [r for r in runs if r.seconds >= 2 * bench.flush_interval] or runs
+    fastest = max(long_enough, key=lambda r: r.rate)
     speedup = fastest.rate / limited.rate
     growth = fastest.statements_per_second / limited.statements_per_second
     flat = clocked and speedup >= 2 and growth < math.sqrt(speedup)
