@@ -24,10 +24,10 @@ from aggregator.mapping import (
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
     SKIP_LATE,
+    SKIP_NO_KEY,
     SKIP_UNDECODABLE,
     Connection,
     is_bad_time,
-    report_of,
     target_of,
 )
 from aggregator.wire import goldmane_pb2
@@ -241,17 +241,16 @@ class EdgeBuffer:
     def _count(self, data: bytes, head: FlowHead | None) -> None:
         """One result with every rule applied: counted, or its skip reason counted."""
         if head is None:
-            # Laid out unlike protobuf's usual encoding: protobuf decodes it.
+            # Laid out unlike protobuf's usual encoding: protobuf reads it.
             try:
-                report = report_of(goldmane_pb2.FlowResult.FromString(data).flow)
+                flow = goldmane_pb2.FlowResult.FromString(data).flow
             except DecodeError:
-                report = SKIP_UNDECODABLE
-            if isinstance(report, str):
-                self._skip(report)
-            else:
-                decoded = _key_verdict(report.connection, report.rank)
-                self._add_report(decoded, report.bucket_start, report.bucket_end)
-            return
+                self._skip(SKIP_UNDECODABLE)
+                return
+            if not flow.HasField("Key"):
+                self._skip(SKIP_NO_KEY)
+                return
+            head = flow.Key.SerializeToString(), flow.start_time, flow.end_time
         key, start, end = head
         known = self._key_verdicts.get(key)
         verdict = self._verdict_of_key(key) if known is None else known

@@ -63,20 +63,6 @@ Target = tuple[Connection, int]
 """What a flow key reports: its connection and the rank of its verdict."""
 
 
-class Report:
-    """One flow report reduced to what the trail keeps. Slots: it is made per flow."""
-
-    __slots__ = ("bucket_end", "bucket_start", "connection", "rank")
-
-    def __init__(
-        self, connection: Connection, rank: int, bucket_start: int, bucket_end: int
-    ) -> None:
-        self.connection = connection
-        self.rank = rank
-        self.bucket_start = bucket_start
-        self.bucket_end = bucket_end
-
-
 # Namespaces repeat endlessly; remembering the verdict keeps the regex off the hot path.
 _namespace_verdicts: dict[str, bool] = {}
 _NAMESPACE_CACHE_LIMIT: Final = 100_000
@@ -115,16 +101,3 @@ def target_of(key: goldmane_pb2.FlowKey) -> Target | str:
 def is_bad_time(start: int, end: int) -> bool:
     """Bucket times no Goldmane sends (the buffer also checks them against its clock)."""
     return start <= 0 or end < start
-
-
-def report_of(flow: goldmane_pb2.Flow) -> Report | str:
-    """The report a flow makes about its connection, or a skip reason from SKIP_REASONS."""
-    if not flow.HasField("Key"):
-        return SKIP_NO_KEY
-    target = target_of(flow.Key)
-    if isinstance(target, str):
-        return target
-    if is_bad_time(flow.start_time, flow.end_time):
-        return SKIP_BAD_TIME
-    connection, rank = target
-    return Report(connection, rank, flow.start_time, flow.end_time)

@@ -100,7 +100,7 @@ from common import (
 import aggregator.store.ingest
 from aggregator.daemon import Daemon
 from aggregator.goldmane_client import open_channel, stream_flows
-from aggregator.mapping import ACTION_BY_RANK, report_of
+from aggregator.mapping import ACTION_BY_RANK, SKIP_NO_KEY, is_bad_time, target_of
 from aggregator.pki import Pki, make_pki
 from aggregator.settings import DaemonSettings, GoldmaneSettings
 from aggregator.store.migrations import migrate
@@ -372,18 +372,19 @@ def _measure_naive(args: argparse.Namespace) -> Run:
 
             def upsert(data: bytes) -> None:
                 nonlocal statements
-                report = report_of(pb.FlowResult.FromString(data).flow)
-                if isinstance(report, str):
+                flow = pb.FlowResult.FromString(data).flow
+                target = target_of(flow.Key) if flow.HasField("Key") else SKIP_NO_KEY
+                if isinstance(target, str) or is_bad_time(flow.start_time, flow.end_time):
                     return
-                connection = report.connection
+                connection, rank = target
                 execute(
                     NAIVE_UPSERT,
                     (
                         connection[0],
                         connection[2],
-                        ACTION_BY_RANK[report.rank],
-                        report.bucket_start,
-                        report.bucket_end,
+                        ACTION_BY_RANK[rank],
+                        flow.start_time,
+                        flow.end_time,
                     ),
                 )
                 statements += 1
