@@ -7,13 +7,30 @@
 #include <stdint.h>
 
 /* Reads a varint of at most 10 bytes; returns the position after it, or NULL. */
-static const uint8_t *read_varint(const uint8_t *p, const uint8_t *end, uint64_t *value) {
+static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end,
+                                         uint64_t *value) {
+    /* Most tags and lengths fit one byte: that case without the loop. */
+    if (p < end && *p < 0x80) {
+        *value = *p;
+        return p + 1;
+    }
     uint64_t result = 0;
     for (int shift = 0; shift < 70 && p < end; shift += 7) {
         uint8_t byte = *p++;
         result |= (uint64_t)(byte & 0x7f) << shift;
         if (byte < 0x80) {
             *value = result;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Skips a varint of at most 10 bytes, as read_varint reads it; NULL where that fails. */
+static inline const uint8_t *skip_varint(const uint8_t *p, const uint8_t *end) {
+    const uint8_t *limit = end - p > 10 ? p + 10 : end;
+    while (p < limit) {
+        if (*p++ < 0x80) {
             return p;
         }
     }
@@ -27,7 +44,7 @@ static const uint8_t *skip_field(const uint8_t *p, const uint8_t *end, unsigned 
     uint64_t length;
     switch (wire_type) {
     case 0:
-        return read_varint(p, end, &length);
+        return skip_varint(p, end);
     case 1:
         return end - p >= 8 ? p + 8 : NULL;
     case 2:

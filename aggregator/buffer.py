@@ -9,6 +9,7 @@ older that arrives again is a duplicate.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import threading
 import time
@@ -235,7 +236,12 @@ class EdgeBuffer:
             if index < len(batch):
                 # The first of a bucket, a key not seen yet, an unusual layout: every rule.
                 data = batch[index]
-                self._count(data, flow_head(data))
+                head = flow_head(data)
+                if head is not None and head[0] not in self._key_verdicts:
+                    # A stream's first bucket brings thousands of new keys: learning the
+                    # batch's all at once lets count_known take the rest of them.
+                    self._learn_keys(batch, index)
+                self._count(data, head)
                 index += 1
 
     def _count(self, data: bytes, head: FlowHead | None) -> None:
@@ -260,6 +266,13 @@ class EdgeBuffer:
             self._skip(SKIP_BAD_TIME)
         else:
             self._add_report(verdict, start, end)
+
+    def _learn_keys(self, batch: list[bytes], start: int) -> None:
+        known = self._key_verdicts
+        for data in itertools.islice(batch, start, None):
+            head = flow_head(data)
+            if head is not None and head[0] not in known:
+                self._verdict_of_key(head[0])
 
     def _verdict_of_key(self, key: bytes) -> KeyVerdict | str:
         try:

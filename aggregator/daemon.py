@@ -8,6 +8,7 @@ server. The main thread waits for SIGTERM/SIGINT and runs the shutdown.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -486,6 +487,9 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # What start-up built (modules, settings, the daemon) lives as long as the process:
+    # frozen, the collector's full passes stop walking it again while flows stream in.
+    gc.freeze()
     if simulator is None:
         return daemon.run()
     status = StatusLine(daemon.stats, sys.stderr)

@@ -294,6 +294,16 @@ def test_the_buffer_counts_the_same_on_the_python_receive_path(
     assert _outcome(stream) == in_use
 
 
+def test_the_buffer_counts_the_same_when_its_key_cache_fills_within_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = _stream(7)
+    unbounded = _outcome(stream)
+    # Each batch of new keys is learnt at once: a cache this small is cleared mid-batch.
+    monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 5)
+    assert _outcome(stream) == unbounded
+
+
 def test_a_result_protobuf_cannot_read_is_skipped_as_undecodable() -> None:
     buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0)
     bad_key = _length_delimited(2, _length_delimited(1, b"\x0a\x05ab"))

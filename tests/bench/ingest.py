@@ -52,6 +52,7 @@ create and drop schemas. gRPC's own environment, e.g. GRPC_EXPERIMENTS, reaches 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import logging
@@ -280,6 +281,7 @@ def _measure_full_path(args: argparse.Namespace) -> Run:
     def sample(name: str) -> float:
         return registry.get_sample_value(f"edge_aggregator_{name}") or 0.0
 
+    gc.freeze()  # as the daemon's entry point does before it runs
     exit_status: list[int] = []
     runner = threading.Thread(target=lambda: exit_status.append(daemon.run()), daemon=True)
     runner.start()
@@ -687,9 +689,15 @@ def _statements_verdict(full: dict[int, list[Run]], limited: Run, bench: Bench) 
     taken among those that lasted two flush intervals: in a shorter one the final flush's
     statements alone make a high rate.
     """
-    runs = [*(run for repeats in full.values() for run in repeats), limited]
+    full_speed = [run for repeats in full.values() for run in repeats]
+    runs = [*full_speed, limited]
     clocked = all(0 < r.flushes <= r.seconds / bench.flush_interval + 2 for r in runs)
-    long_enough = [r for r in runs if r.seconds >= 2 * bench.flush_interval] or runs
+    long_enough = [r for r in full_speed if r.seconds >= 2 * bench.flush_interval]
+    if not long_enough:
+        return (
+            f"not judged (no full-speed run lasted two flush intervals, "
+            f"{2 * bench.flush_interval:g} s: add a longer length)"
+        )
     fastest = max(long_enough, key=lambda r: r.rate)
     speedup = fastest.rate / limited.rate
     growth = fastest.statements_per_second / limited.statements_per_second
