@@ -220,6 +220,7 @@ class EdgeBuffer:
         self._counted += len(batch)
         self._last_add = time.monotonic()
         index = 0
+        learnt = False
         while index < len(batch):
             bucket = self._open.get(self._newest_open_start)
             if bucket is not None and self._refusal(self._newest_open_start) is not None:
@@ -237,10 +238,12 @@ class EdgeBuffer:
                 # The first of a bucket, a key not seen yet, an unusual layout: every rule.
                 data = batch[index]
                 head = flow_head(data)
-                if head is not None and head[0] not in self._key_verdicts:
-                    # A stream's first bucket brings thousands of new keys: learning the
-                    # batch's all at once lets count_known take the rest of them.
+                if not learnt and head is not None and head[0] not in self._key_verdicts:
+                    # A stream's first bucket brings thousands of new keys: learnt in one pass
+                    # (one per batch, so that a stray new key costs at most that), the rest of
+                    # them are count_known's to count.
                     self._learn_keys(batch, index)
+                    learnt = True
                 self._count(data, head)
                 index += 1
 
@@ -268,6 +271,7 @@ class EdgeBuffer:
             self._add_report(verdict, start, end)
 
     def _learn_keys(self, batch: list[bytes], start: int) -> None:
+        """Remember the verdict of every key in batch[start:] not known yet; counts nothing."""
         known = self._key_verdicts
         for data in itertools.islice(batch, start, None):
             head = flow_head(data)
@@ -275,11 +279,16 @@ class EdgeBuffer:
                 self._verdict_of_key(head[0])
 
     def _verdict_of_key(self, key: bytes) -> KeyVerdict | str:
+        verdict: KeyVerdict | str
         try:
-            target = target_of(goldmane_pb2.FlowKey.FromString(key))
+            flow_key = goldmane_pb2.FlowKey.FromString(key)
         except DecodeError:
-            return SKIP_UNDECODABLE
-        verdict = target if isinstance(target, str) else _key_verdict(*target)
+            # Remembered too: the C reader does not look inside a key, so such a key can
+            # come result after result, and protobuf would refuse it every time.
+            verdict = SKIP_UNDECODABLE
+        else:
+            target = target_of(flow_key)
+            verdict = target if isinstance(target, str) else _key_verdict(*target)
         if len(self._key_verdicts) >= _KEY_CACHE_LIMIT:
             self._key_verdicts.clear()
         self._key_verdicts[key] = verdict

@@ -487,18 +487,22 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # What start-up built (modules, settings, the daemon) lives as long as the process:
-    # frozen, the collector's full passes stop walking it again while flows stream in.
+    # What start-up built (modules, settings, the daemon) lives as long as the run: frozen,
+    # the collector's full passes stop walking it again while flows stream in.
+    gc.collect()
     gc.freeze()
-    if simulator is None:
-        return daemon.run()
-    status = StatusLine(daemon.stats, sys.stderr)
-    status.start()
     try:
-        return daemon.run()
+        if simulator is None:
+            return daemon.run()
+        status = StatusLine(daemon.stats, sys.stderr)
+        status.start()
+        try:
+            return daemon.run()
+        finally:
+            status.stop()
+            _print_next_steps(daemon.stats())
     finally:
-        status.stop()
-        _print_next_steps(daemon.stats())
+        gc.unfreeze()
 
 
 def _print_next_steps(stats: RunStats) -> None:

@@ -6,6 +6,7 @@ import random
 import shutil
 import sysconfig
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -294,14 +295,42 @@ def test_the_buffer_counts_the_same_on_the_python_receive_path(
     assert _outcome(stream) == in_use
 
 
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
 def test_the_buffer_counts_the_same_when_its_key_cache_fills_within_a_batch(
-    monkeypatch: pytest.MonkeyPatch,
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if receive_path == "python":
+        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
     stream = _stream(7)
     unbounded = _outcome(stream)
-    # Each batch of new keys is learnt at once: a cache this small is cleared mid-batch.
+    # A batch's new keys are learnt in one pass: a cache this small is cleared mid-batch.
     monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 5)
     assert _outcome(stream) == unbounded
+
+
+def test_a_key_protobuf_refuses_is_decoded_once_not_once_per_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[bytes] = []
+
+    class CountingFlowKey:
+        @staticmethod
+        def FromString(data: bytes) -> pb.FlowKey:
+            decoded.append(data)
+            return pb.FlowKey.FromString(data)
+
+    wire = SimpleNamespace(FlowKey=CountingFlowKey, FlowResult=pb.FlowResult)
+    monkeypatch.setattr(buffer_module, "goldmane_pb2", wire)
+    # A key truncated inside: the C reader does not look into keys, protobuf refuses it.
+    truncated_key = _length_delimited(1, b"\x0a\x05ab")
+    times = _field(2, 0, _varint(T0)) + _field(3, 0, _varint(T0 + BUCKET))
+    result = _length_delimited(2, truncated_key + times)
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + BUCKET)
+    buffer.consume([result] * 1_000)
+    buffer.count_queued()
+    assert buffer.skipped == {SKIP_UNDECODABLE: 1_000}
+    assert len(decoded) <= 1  # none where protobuf refuses the whole result (no C helper)
 
 
 def test_a_result_protobuf_cannot_read_is_skipped_as_undecodable() -> None:
