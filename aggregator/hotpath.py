@@ -22,8 +22,7 @@ UTF-8, which protobuf refuses, does not stop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import ModuleType
+from collections.abc import Mapping
 from typing import Final, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -96,28 +95,11 @@ def count_known_python(
     return index
 
 
-_compiled: ModuleType | None
+# The C helper's signatures are in _hotpath.pyi; the fallbacks above must match them.
 try:
-    from aggregator import _hotpath as _compiled
+    from aggregator._hotpath import count_known as count_known
+    from aggregator._hotpath import flow_head as flow_head
 except ImportError:  # no C compiler at install: the same counts, slower
-    _compiled = None
-
-flow_head: Final[Callable[[bytes], FlowHead | None]] = (
-    _compiled.flow_head if _compiled else flow_head_python
-)
-count_known: Final[
-    Callable[
-        [
-            list[bytes],
-            int,
-            Mapping[bytes, KeyVerdict | str],
-            int | None,
-            int | None,
-            dict[str, KeyVerdict],
-            dict[str, int],
-        ],
-        int,
-    ]
-] = _compiled.count_known if _compiled else count_known_python
-COMPILED: Final = _compiled is not None
+    count_known, flow_head = count_known_python, flow_head_python
+COMPILED: Final = count_known is not count_known_python
 """Whether the C helper is in use (the daemon logs it: it decides the receive rate)."""
