@@ -48,7 +48,10 @@ DEFAULT_QUIET_SECONDS = 20.0
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # Distinct flow keys whose verdict is remembered: the same connections report bucket after
-# bucket. Under 1 KiB each; past the limit the memory starts again from empty.
+# bucket. Under 1 KiB each. Where more keys than this come round every bucket, emptying the
+# memory when full would make every key miss: it keeps what it holds (those keys still hit),
+# decodes the others each time, and starts again from empty only after as many of those
+# decodes as it holds, so that the keys of connections gone do not stay forever.
 _KEY_CACHE_LIMIT = 65_536
 # Results queued before the receive loop takes the lock to count them: one lock per batch.
 _BATCH_SIZE = 256
@@ -166,6 +169,7 @@ class EdgeBuffer:
         self._sealed_by_quiet: set[int] = set()
         # Serialised FlowKey -> what it reports, or why it is skipped.
         self._key_verdicts: dict[bytes, KeyVerdict | str] = {}
+        self._decoded_past_limit = 0
         # Plain counters, read by the metrics collector: no metric call per flow.
         self._counted = 0
         self.skipped: dict[str, int] = {}
@@ -274,6 +278,8 @@ class EdgeBuffer:
         """Remember the verdict of every key in batch[start:] not known yet; counts nothing."""
         known = self._key_verdicts
         for data in itertools.islice(batch, start, None):
+            if len(known) >= _KEY_CACHE_LIMIT:
+                return  # not kept if learnt now: each would be decoded again when counted
             head = flow_head(data)
             if head is not None and head[0] not in known:
                 self._verdict_of_key(head[0])
@@ -289,9 +295,13 @@ class EdgeBuffer:
         else:
             target = target_of(flow_key)
             verdict = target if isinstance(target, str) else _key_verdict(*target)
-        if len(self._key_verdicts) >= _KEY_CACHE_LIMIT:
-            self._key_verdicts.clear()
-        self._key_verdicts[key] = verdict
+        if len(self._key_verdicts) < _KEY_CACHE_LIMIT:
+            self._key_verdicts[key] = verdict
+        else:
+            self._decoded_past_limit += 1
+            if self._decoded_past_limit >= _KEY_CACHE_LIMIT:
+                self._key_verdicts.clear()
+                self._decoded_past_limit = 0
         return verdict
 
     def _refusal(self, start: int) -> str | None:

@@ -284,14 +284,20 @@ def _outcome(stream: list[bytes]) -> tuple[object, ...]:
     return batch.edges, batch.sealed_until, buffer.skipped, buffer.received, open_and_sealed
 
 
+def _use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receive path "in use" is the C helper where it is built; "python" is the fallback."""
+    if receive_path == "python":
+        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_buffer_counts_the_same_on_the_python_receive_path(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream = _stream(seed)
     in_use = _outcome(stream)
-    monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
-    monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+    _use_receive_path("python", monkeypatch)
     assert _outcome(stream) == in_use
 
 
@@ -299,19 +305,17 @@ def test_the_buffer_counts_the_same_on_the_python_receive_path(
 def test_the_buffer_counts_the_same_when_its_key_cache_fills_within_a_batch(
     receive_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if receive_path == "python":
-        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
-        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+    _use_receive_path(receive_path, monkeypatch)
     stream = _stream(7)
     unbounded = _outcome(stream)
-    # A batch's new keys are learnt in one pass: a cache this small is cleared mid-batch.
+    # A batch's new keys are learnt in one pass: a cache this small fills within a batch,
+    # and starts again from empty within others.
     monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 5)
     assert _outcome(stream) == unbounded
 
 
-def test_a_key_protobuf_refuses_is_decoded_once_not_once_per_result(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _counting_key_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The FlowKeys the buffer decodes from now on (not whole results, which the fallback reads)."""
     decoded: list[bytes] = []
 
     class CountingFlowKey:
@@ -322,6 +326,33 @@ def test_a_key_protobuf_refuses_is_decoded_once_not_once_per_result(
 
     wire = SimpleNamespace(FlowKey=CountingFlowKey, FlowResult=pb.FlowResult)
     monkeypatch.setattr(buffer_module, "goldmane_pb2", wire)
+    return decoded
+
+
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
+def test_past_its_limit_the_key_cache_keeps_the_keys_it_holds(
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_receive_path(receive_path, monkeypatch)
+    # Five connections report in each of eight buckets; the cache holds four keys.
+    stream = [
+        flow_result(f"ns-{connection}", "api", start=T0 + bucket * BUCKET).SerializeToString()
+        for bucket in range(8)
+        for connection in range(5)
+    ]
+    unbounded = _outcome(stream)
+    monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 4)
+    decoded = _counting_key_decodes(monkeypatch)
+    assert _outcome(stream) == unbounded
+    # The fifth key is decoded in every bucket; after four such decodes the cache starts
+    # again from empty, so buckets 1 and 5 decode all five keys: 5+1+1+1 + 5+1+1+1.
+    assert len(decoded) == 16
+
+
+def test_a_key_protobuf_refuses_is_decoded_once_not_once_per_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = _counting_key_decodes(monkeypatch)
     # A key truncated inside: the C reader does not look into keys, protobuf refuses it.
     truncated_key = _length_delimited(1, b"\x0a\x05ab")
     times = _field(2, 0, _varint(T0)) + _field(3, 0, _varint(T0 + BUCKET))
