@@ -48,10 +48,11 @@ DEFAULT_QUIET_SECONDS = 20.0
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # Distinct flow keys whose verdict is remembered: the same connections report bucket after
-# bucket. Under 1 KiB each. Where more keys than this come round every bucket, emptying the
-# memory when full would make every key miss: it keeps what it holds (those keys still hit),
-# decodes the others each time, and starts again from empty only after as many of those
-# decodes as it holds, so that the keys of connections gone do not stay forever.
+# bucket. About 400 bytes each. Where more keys than this come round every bucket, emptying
+# the memory when full would make every key miss: it keeps what it holds (those keys still
+# hit), decodes the others each time, and starts again from empty only after as many of
+# those decodes as it holds, so that the keys of connections gone do not stay forever. The
+# price: a memory full of such keys costs up to that many decodes (~0.3 s) before it empties.
 _KEY_CACHE_LIMIT = 65_536
 # Results queued before the receive loop takes the lock to count them: one lock per batch.
 _BATCH_SIZE = 256
@@ -275,7 +276,10 @@ class EdgeBuffer:
             self._add_report(verdict, start, end)
 
     def _learn_keys(self, batch: list[bytes], start: int) -> None:
-        """Remember the verdict of every key in batch[start:] not known yet; counts nothing."""
+        """Remember the verdict of each key in batch[start:] not known yet, while there is room.
+
+        Counts nothing.
+        """
         known = self._key_verdicts
         for data in itertools.islice(batch, start, None):
             if len(known) >= _KEY_CACHE_LIMIT:
@@ -289,8 +293,9 @@ class EdgeBuffer:
         try:
             flow_key = goldmane_pb2.FlowKey.FromString(key)
         except DecodeError:
-            # Remembered too: the C reader does not look inside a key, so such a key can
-            # come result after result, and protobuf would refuse it every time.
+            # Remembered too (while there is room): the C reader does not look inside a key,
+            # so such a key can come result after result, and protobuf would refuse it every
+            # time.
             verdict = SKIP_UNDECODABLE
         else:
             target = target_of(flow_key)

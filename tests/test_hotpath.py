@@ -329,11 +329,14 @@ def _counting_key_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return decoded
 
 
+@pytest.mark.parametrize("batch_size", [256, 3])
 @pytest.mark.parametrize("receive_path", ["in use", "python"])
 def test_past_its_limit_the_key_cache_keeps_the_keys_it_holds(
-    receive_path: str, monkeypatch: pytest.MonkeyPatch
+    receive_path: str, batch_size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _use_receive_path(receive_path, monkeypatch)
+    # 3: a batch's new keys are learnt again and again once the cache is full.
+    monkeypatch.setattr(buffer_module, "_BATCH_SIZE", batch_size)
     # Five connections report in each of eight buckets; the cache holds four keys.
     stream = [
         flow_result(f"ns-{connection}", "api", start=T0 + bucket * BUCKET).SerializeToString()
@@ -345,7 +348,7 @@ def test_past_its_limit_the_key_cache_keeps_the_keys_it_holds(
     decoded = _counting_key_decodes(monkeypatch)
     assert _outcome(stream) == unbounded
     # The fifth key is decoded in every bucket; after four such decodes the cache starts
-    # again from empty, so buckets 1 and 5 decode all five keys: 5+1+1+1 + 5+1+1+1.
+    # again from empty, so the first and fifth buckets decode all five keys: 5+1+1+1 twice.
     assert len(decoded) == 16
 
 
