@@ -173,6 +173,7 @@ class EdgeBuffer:
         self._decoded_past_limit = 0
         # Plain counters, read by the metrics collector: no metric call per flow.
         self._counted = 0
+        self.keys_decoded = 0
         self.skipped: dict[str, int] = {}
         self.newest_flow_end = 0
 
@@ -289,6 +290,7 @@ class EdgeBuffer:
                 self._verdict_of_key(head[0])
 
     def _verdict_of_key(self, key: bytes) -> KeyVerdict | str:
+        self.keys_decoded += 1
         verdict: KeyVerdict | str
         try:
             flow_key = goldmane_pb2.FlowKey.FromString(key)

@@ -38,6 +38,12 @@ class _BufferCollector(Collector):
         for reason in SKIP_REASONS:
             skipped.add_metric([reason], counts.get(reason, 0))
         yield skipped
+        yield CounterMetricFamily(
+            f"{PREFIX}_flow_keys_decoded",
+            "Flow keys decoded: once per new connection and verdict, unless more keys come "
+            "round every bucket than the buffer remembers (65,536).",
+            value=buffer.keys_decoded,
+        )
         yield GaugeMetricFamily(
             f"{PREFIX}_newest_flow_timestamp_seconds",
             "End of the newest bucket received (flow time, epoch seconds).",

@@ -215,6 +215,7 @@ def test_health_endpoints_report_liveness_readiness_and_metrics(
         metrics = running.get("/metrics").text
         for name in (
             "edge_aggregator_flows_received_total 2.0",
+            "edge_aggregator_flow_keys_decoded_total 2.0",
             'edge_aggregator_flows_skipped_total{reason="self_edge"}',
             "edge_aggregator_edges_upserted_total 1.0",
             "edge_aggregator_edges_created_total 1.0",

@@ -350,6 +350,12 @@ def test_past_its_limit_the_key_cache_keeps_the_keys_it_holds(
     # The fifth key is decoded in every bucket; after four such decodes the cache starts
     # again from empty, so the first and fifth buckets decode all five keys: 5+1+1+1 twice.
     assert len(decoded) == 16
+    # What the flow_keys_decoded metric reports.
+    decoded.clear()
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + 6 * BUCKET)
+    buffer.consume(stream)
+    buffer.count_queued()
+    assert buffer.keys_decoded == len(decoded) == 16
 
 
 def test_a_key_protobuf_refuses_is_decoded_once_not_once_per_result(
