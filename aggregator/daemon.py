@@ -15,8 +15,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from types import FrameType
+from typing import Final
 
 import grpc
 import psycopg
@@ -119,7 +121,7 @@ class Daemon:
         return RunStats(self.buffer.received, len(self._edges_written), self._edges_created)
 
     def stop(self) -> None:
-        """Ask the daemon to shut down; safe from a signal handler or another thread."""
+        """Ask the daemon to shut down, from another thread (signals: `_stopped_by_signals`)."""
         self._stopping.set()
         with self._lock:
             call = self._call
@@ -481,28 +483,67 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
         )
         return 2
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     # What start-up built (modules, settings, the daemon) lives as long as the run: frozen,
     # the collector's full passes stop walking it again while flows stream in.
     gc.collect()
     gc.freeze()
     try:
-        if simulator is None:
-            return daemon.run()
-        status = StatusLine(daemon.stats, sys.stderr)
-        status.start()
-        try:
-            return daemon.run()
-        finally:
-            status.stop()
-            _print_next_steps(daemon.stats())
+        with _stopped_by_signals(daemon):
+            if simulator is None:
+                return daemon.run()
+            status = StatusLine(daemon.stats, sys.stderr)
+            status.start()
+            try:
+                return daemon.run()
+            finally:
+                status.stop()
+                _print_next_steps(daemon.stats())
     finally:
         gc.unfreeze()
+
+
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+_NO_SIGNAL: Final = 0  # written when the run ends, so that the watcher returns
+
+
+@contextmanager
+def _stopped_by_signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM and SIGINT stop the daemon, from a thread of their own, not from the handler.
+
+    A handler runs in the main thread between two bytecodes, maybe while that thread holds
+    the lock of the Event that `Daemon.stop` sets (`run` waits on it): taking that lock in the
+    handler never returns, as two signals in a row showed. So the handler does nothing, and
+    Python writes each signal's number to a pipe (`set_wakeup_fd`) that a thread reads.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    previous_handlers = {signum: signal.signal(signum, _ignore) for signum in _STOP_SIGNALS}
+
+    def watch() -> None:
+        while (signum := os.read(read_end, 1)[0]) not in _STOP_SIGNALS:
+            if signum == _NO_SIGNAL:
+                return
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        daemon.stop()
+
+    watcher = threading.Thread(target=watch, name="signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        with suppress(BlockingIOError):  # full only if a signal came, and then it has returned
+            os.write(write_end, bytes([_NO_SIGNAL]))
+        watcher.join()
+        signal.set_wakeup_fd(previous_fd)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """The Python handler of the stop signals: the watcher thread acts on them."""
 
 
 def _print_next_steps(stats: RunStats) -> None:

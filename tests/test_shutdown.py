@@ -43,9 +43,10 @@ def metric(port: int, name: str) -> float:
     return -1
 
 
-def test_sigterm_flushes_records_progress_and_exits_0(
+def _start_daemon(
     live_goldmane: tuple[GoldmaneServer, int], pki: Pki, database_url: str
-) -> None:
+) -> tuple[subprocess.Popen[str], int]:
+    """The real process, once it has received a backfill of two sealed buckets; and the bucket."""
     server, port = live_goldmane
     bucket = int(time.time()) // BUCKET * BUCKET - 10 * BUCKET
     for offset in (0, BUCKET):
@@ -81,15 +82,48 @@ def test_sigterm_flushes_records_progress_and_exits_0(
         wait_until(
             lambda: metric(http_port, "edge_aggregator_flows_received_total") == 4, what="backfill"
         )
-        assert edge_counts(database_url) == {}
-        daemon.send_signal(signal.SIGTERM)
+    except BaseException:
+        daemon.kill()
+        daemon.communicate()
+        raise
+    return daemon, bucket
+
+
+def _stop(daemon: subprocess.Popen[str], signals: list[signal.Signals]) -> str:
+    """Send the signals, wait for the exit (at most 10 s, as the contract says); its stderr."""
+    try:
+        for signum in signals:
+            daemon.send_signal(signum)
         _, stderr = daemon.communicate(timeout=10)
     finally:
         if daemon.poll() is None:
             daemon.kill()
+            daemon.communicate()
+    return stderr
+
+
+def test_sigterm_flushes_records_progress_and_exits_0(
+    live_goldmane: tuple[GoldmaneServer, int], pki: Pki, database_url: str
+) -> None:
+    daemon, bucket = _start_daemon(live_goldmane, pki, database_url)
+    assert edge_counts(database_url) == {}
+    stderr = _stop(daemon, [signal.SIGTERM])
     assert daemon.returncode == 0, stderr
     assert edge_counts(database_url)[("frontend", "api", "allow")] >= 1
     recorded = progress(database_url)
     assert recorded is not None and recorded >= bucket + BUCKET
     assert "Traceback" not in stderr
     assert all(line.startswith("{") for line in stderr.splitlines())  # JSON events off a terminal
+
+
+def test_a_burst_of_signals_stops_the_daemon_as_one_does(
+    live_goldmane: tuple[GoldmaneServer, int], pki: Pki, database_url: str
+) -> None:
+    # Ctrl-C pressed again and again, or a supervisor and a shell both signalling.
+    daemon, bucket = _start_daemon(live_goldmane, pki, database_url)
+    stderr = _stop(daemon, [signal.SIGINT, signal.SIGTERM] * 50)
+    assert daemon.returncode == 0, stderr
+    assert edge_counts(database_url)[("frontend", "api", "allow")] >= 1
+    recorded = progress(database_url)
+    assert recorded is not None and recorded >= bucket + BUCKET
+    assert "Traceback" not in stderr
