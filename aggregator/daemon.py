@@ -2,7 +2,8 @@
 
 Three threads share an EdgeBuffer: the receiver (gRPC stream, never touches the
 database), the flusher (one batched write every few seconds) and the health
-server. The main thread waits for SIGTERM/SIGINT and runs the shutdown.
+server. The main thread waits until told to stop (a thread of its own turns SIGTERM and
+SIGINT into that) and runs the shutdown.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
 from typing import Final
 
@@ -483,12 +484,12 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
         )
         return 2
 
-    # What start-up built (modules, settings, the daemon) lives as long as the run: frozen,
-    # the collector's full passes stop walking it again while flows stream in.
-    gc.collect()
-    gc.freeze()
-    try:
-        with _stopped_by_signals(daemon):
+    with _stopped_by_signals(daemon):
+        # What start-up built (modules, settings, the daemon) lives as long as the run: frozen,
+        # the collector's full passes stop walking it again while flows stream in.
+        gc.collect()
+        gc.freeze()
+        try:
             if simulator is None:
                 return daemon.run()
             status = StatusLine(daemon.stats, sys.stderr)
@@ -498,8 +499,8 @@ def _run(settings: DaemonSettings, database_url: str, simulator: Simulator | Non
             finally:
                 status.stop()
                 _print_next_steps(daemon.stats())
-    finally:
-        gc.unfreeze()
+        finally:
+            gc.unfreeze()
 
 
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -510,36 +511,41 @@ _NO_SIGNAL: Final = 0  # written when the run ends, so that the watcher returns
 def _stopped_by_signals(daemon: Daemon) -> Iterator[None]:
     """SIGTERM and SIGINT stop the daemon, from a thread of their own, not from the handler.
 
-    A handler runs in the main thread between two bytecodes, maybe while that thread holds
-    the lock of the Event that `Daemon.stop` sets (`run` waits on it): taking that lock in the
-    handler never returns, as two signals in a row showed. So the handler does nothing, and
-    Python writes each signal's number to a pipe (`set_wakeup_fd`) that a thread reads.
+    A handler runs in the main thread between two bytecodes, whatever that thread is doing:
+    a second signal's handler interrupted the first one's inside `Event.set`, holding the
+    stop Event's lock, and waited for it forever; a handler that logs can interrupt a log
+    line being written. So the handler does nothing, and Python writes each signal's number
+    to a pipe (`set_wakeup_fd`) that a thread reads. From the end of the run to the exit,
+    the signals are ignored: one arriving then would kill the process or raise
+    KeyboardInterrupt out of the clean-up.
     """
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    previous_handlers = {signum: signal.signal(signum, _ignore) for signum in _STOP_SIGNALS}
+    with ExitStack() as clean_up:
+        read_end, write_end = os.pipe()
+        clean_up.callback(os.close, read_end)
+        clean_up.callback(os.close, write_end)
+        os.set_blocking(write_end, False)
+        previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        clean_up.callback(signal.set_wakeup_fd, previous_fd)
+        for signum in _STOP_SIGNALS:
+            clean_up.callback(signal.signal, signum, signal.SIG_IGN)
+            signal.signal(signum, _ignore)
 
-    def watch() -> None:
-        while (signum := os.read(read_end, 1)[0]) not in _STOP_SIGNALS:
-            if signum == _NO_SIGNAL:
-                return
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        daemon.stop()
+        def watch() -> None:
+            while (signum := os.read(read_end, 1)[0]) not in _STOP_SIGNALS:
+                if signum == _NO_SIGNAL:
+                    return
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            daemon.stop()
 
-    watcher = threading.Thread(target=watch, name="signals", daemon=True)
-    watcher.start()
-    try:
+        def wake_watcher() -> None:
+            with suppress(BlockingIOError):  # full: a signal came, and the watcher has returned
+                os.write(write_end, bytes([_NO_SIGNAL]))
+
+        watcher = threading.Thread(target=watch, name="signals", daemon=True)
+        watcher.start()
+        clean_up.callback(watcher.join)
+        clean_up.callback(wake_watcher)
         yield
-    finally:
-        with suppress(BlockingIOError):  # full only if a signal came, and then it has returned
-            os.write(write_end, bytes([_NO_SIGNAL]))
-        watcher.join()
-        signal.set_wakeup_fd(previous_fd)
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        os.close(read_end)
-        os.close(write_end)
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
