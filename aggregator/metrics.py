@@ -41,7 +41,7 @@ class _BufferCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_flow_keys_decoded",
             "Flow keys decoded: once per new connection and verdict, unless more keys come "
-            "round every bucket than the buffer remembers (65,536).",
+            "round every bucket than the buffer remembers.",
             value=buffer.keys_decoded,
         )
         yield GaugeMetricFamily(

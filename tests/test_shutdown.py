@@ -90,11 +90,9 @@ def _start_daemon(
     return daemon, bucket
 
 
-def _stop(daemon: subprocess.Popen[str], signals: list[signal.Signals]) -> str:
-    """Send the signals, wait for the exit (at most 10 s, as the contract says); its stderr."""
+def _wait_for_exit(daemon: subprocess.Popen[str]) -> str:
+    """Wait for the exit (at most 10 s, as the contract says); its stderr."""
     try:
-        for signum in signals:
-            daemon.send_signal(signum)
         _, stderr = daemon.communicate(timeout=10)
     finally:
         if daemon.poll() is None:
@@ -108,7 +106,8 @@ def test_sigterm_flushes_records_progress_and_exits_0(
 ) -> None:
     daemon, bucket = _start_daemon(live_goldmane, pki, database_url)
     assert edge_counts(database_url) == {}
-    stderr = _stop(daemon, [signal.SIGTERM])
+    daemon.send_signal(signal.SIGTERM)
+    stderr = _wait_for_exit(daemon)
     assert daemon.returncode == 0, stderr
     assert edge_counts(database_url)[("frontend", "api", "allow")] >= 1
     recorded = progress(database_url)
@@ -131,7 +130,7 @@ def test_signals_until_it_exits_stop_the_daemon_as_one_does(
             daemon.send_signal(signum)
             time.sleep(0.002)
     finally:
-        stderr = _stop(daemon, [])
+        stderr = _wait_for_exit(daemon)
     assert daemon.returncode == 0, stderr
     assert stderr.count('"msg": "stopping"') == 1, stderr
     assert edge_counts(database_url)[("frontend", "api", "allow")] >= 1
