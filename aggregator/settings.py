@@ -276,8 +276,11 @@ def validate_webhook_url(name: str, value: str) -> str:
     try:
         parts = urlsplit(value)
         host = parts.hostname or ""
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
     except ValueError:
         raise SettingsError(f"{name} is not a valid URL (not shown: it is a secret)") from None
+    if not value.isprintable():
+        raise SettingsError(f"{name} holds a control character (not shown: it is a secret)")
     if parts.scheme == "http" and host in _LOCAL_HOSTS:
         return value
     if parts.scheme != "https" or not host or any(c.isspace() for c in value):

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aggregator.store.edge_queries import Edge
@@ -103,7 +103,8 @@ def _plural(count: int, word: str) -> str:
 
 
 def _when(instant: datetime) -> str:
-    return instant.strftime("%Y-%m-%d %H:%M")
+    # The database hands times over in its session's zone, which need not be UTC.
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _name(namespace: str) -> str:
@@ -144,7 +145,7 @@ def _edge_line(edge: Edge, window: Window) -> str:
     else:
         line = f"• {_name(edge.src_ns)} → {_name(edge.dst_ns)} · {_name(edge.action)} · {flows}"
     if window.kind != "resend" and edge.first_seen < window.start - _LATE_GRACE:
-        line += f" · _first seen {edge.first_seen:%Y-%m-%d}, recorded late_"
+        line += f" · _first seen {edge.first_seen.astimezone(UTC):%Y-%m-%d}, recorded late_"
     return line
 
 

@@ -1,7 +1,7 @@
 """Posting to a Slack incoming webhook: Slack's answers, retries, pacing, and a URL kept secret.
 
-200 `ok` is success; 429 waits Retry-After; 5xx and network errors are retried
-with backoff; any other answer is final. Errors never carry the webhook URL.
+200 `ok` is success; 429 waits Retry-After (or fails, if that is too long); 5xx and network
+errors are retried with backoff; any other answer is final. Errors never carry the webhook URL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from digest.compose import Payload
 log = logging.getLogger(__name__)
 
 _ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Slack's tokens are 24 characters; a shorter last path part (a test's) is scrubbed from 8 on,
+# and one shorter than that is too common a string to hunt for.
+_MIN_TOKEN_CHARS = 8
 
 
 class SlackError(Exception):
@@ -112,6 +115,14 @@ class WebhookClient:
                             status=429,
                         )
                     delay = self._retry_after(response, backoff)
+                    if delay > self._max_retry_after:
+                        # Asking again sooner than Slack said is what the 429 was about.
+                        raise SlackUnreachable(
+                            f"rate limited: Slack asked to wait {delay:g} s, more than the"
+                            f" {self._max_retry_after:g} s allowed"
+                            " (DIGEST_MAX_RETRY_AFTER_SECONDS)",
+                            status=429,
+                        )
                     log.warning("Slack rate limited the digest; waiting", extra={"wait": delay})
                     self._sleep(delay)
                     continue
@@ -143,7 +154,7 @@ class WebhookClient:
             seconds = -1.0
         if not 0 <= seconds < float("inf"):
             seconds = backoff.next_delay()  # absent or an HTTP date: not what Slack sends
-        return min(seconds, self._max_retry_after)
+        return seconds
 
     def _error_name(self, text: str, status: int) -> str:
         """Slack's error name from the body; anything else (a proxy's page) shortened."""
@@ -152,7 +163,8 @@ class WebhookClient:
             return first
         if not first:
             return f"an empty answer to HTTP {status}"
-        snippet = self.scrub(first[:80])
+        # Scrubbed before it is cut: a cut could leave a piece of the URL unrecognised.
+        snippet = self.scrub(first)[:80]
         return f"an unexpected answer {snippet!r}"
 
     def _describe(self, error: httpx.TransportError) -> str:
@@ -162,10 +174,14 @@ class WebhookClient:
         return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
     def scrub(self, text: str) -> str:
-        """`text` without the webhook URL or its path (the secret part)."""
+        """`text` without the webhook URL, its path or its token (the path's last part)."""
         path = urlsplit(self._url).path
+        token = path.rstrip("/").rpartition("/")[2]
         text = text.replace(self._url, "<webhook URL>")
-        return text.replace(path, "/<secret>") if len(path) > 1 else text
+        if len(path) > 1:
+            text = text.replace(path, "/<secret>")
+        # A page that quotes the token alone (an URL-encoded path, say) must not show it either.
+        return text.replace(token, "<secret>") if len(token) >= _MIN_TOKEN_CHARS else text
 
     def __enter__(self) -> WebhookClient:
         return self

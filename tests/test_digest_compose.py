@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -128,6 +128,13 @@ def test_namespace_names_are_escaped_for_slack() -> None:
 
 def test_escape_replaces_ampersand_first() -> None:
     assert escape("&lt;") == "&amp;lt;"
+
+
+def test_times_are_shown_in_utc_whatever_zone_the_database_answered_in() -> None:
+    tokyo = timezone(timedelta(hours=9))
+    window = Window(WINDOW.start.astimezone(tokyo), WINDOW.end.astimezone(tokyo), WINDOW.kind)
+    (message,) = compose([edge("web", "api")], window).messages
+    assert "2026-11-24 08:00 → 2026-11-25 08:00 UTC" in message["blocks"][0]["text"]["text"]
 
 
 def test_an_edge_recorded_late_says_so() -> None:

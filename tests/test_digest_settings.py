@@ -43,6 +43,11 @@ def test_plain_http_is_allowed_to_this_machine_only() -> None:
         "https:///services/s3cr3tPart",
         "https://hooks.slack.com/services/s3cr3tPart with space",
         "https://[::1/services/s3cr3tPart",
+        "https://hooks.slack.com:abc/services/s3cr3tPart",
+        "https://hooks.slack.com:99999/services/s3cr3tPart",
+        "https://hooks.slack.com:-1/services/s3cr3tPart",
+        "https://hooks.slack.com/services/s3cr3t\x00Part",
+        "https://hooks.slack.com/services/s3cr3t\x7fPart",
     ],
 )
 def test_a_malformed_webhook_url_is_refused_without_showing_it(url: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from digest.slack import SlackError, SlackRejected, SlackUnreachable, WebhookClient
 from tests.slack_server import (
     SECRET_PATH,
+    Answer,
     FakeTime,
     SlackServer,
     hang,
@@ -99,8 +100,24 @@ def test_429_waits_retry_after_then_retries(slack: SlackServer, fake_time: FakeT
     assert fake_time.sleeps == [7.0]
 
 
-def test_a_long_retry_after_is_capped(slack: SlackServer, fake_time: FakeTime) -> None:
+def test_a_retry_after_longer_than_allowed_gives_up_at_once(
+    slack: SlackServer, fake_time: FakeTime
+) -> None:
     slack.script(rate_limited("3600"))
+    too_long = "asked to wait 3600 s, more than the 60 s"
+    with (
+        client_for(slack.url, fake_time, max_retry_after=60) as client,
+        pytest.raises(SlackUnreachable, match=too_long),
+    ):
+        client.post(MESSAGE)
+    assert len(slack.received) == 1
+    assert fake_time.sleeps == []
+
+
+def test_a_retry_after_as_long_as_allowed_is_waited_for(
+    slack: SlackServer, fake_time: FakeTime
+) -> None:
+    slack.script(rate_limited("60"))
     with client_for(slack.url, fake_time, max_retry_after=60) as client:
         client.post(MESSAGE)
     assert fake_time.sleeps == [60.0]
@@ -197,6 +214,23 @@ def test_scrub_removes_the_url_and_its_secret_path(fake_time: FakeTime) -> None:
     client = client_for(url, fake_time)
     text = client.scrub(f"Invalid URL {url} (also {SECRET_PATH})")
     assert text == "Invalid URL <webhook URL> (also /<secret>)"
+    client.close()
+
+
+def test_an_answer_that_quotes_the_url_shows_no_piece_of_it(
+    slack: SlackServer, fake_time: FakeTime
+) -> None:
+    # Its 80-character cut falls inside the token.
+    slack.script(Answer(status=403, body=f"Denied: {slack.url}"))
+    with client_for(slack.url, fake_time) as client, pytest.raises(SlackRejected) as caught:
+        client.post(MESSAGE)
+    assert_no_secret(caught.value)
+    assert "T0TESTTEAM" not in str(caught.value)
+
+
+def test_scrub_removes_the_token_quoted_alone(fake_time: FakeTime) -> None:
+    client = client_for(f"https://hooks.slack.com{SECRET_PATH}", fake_time)
+    assert client.scrub("token s3cr3tW3bh00kT0k3nXYZ refused") == "token <secret> refused"
     client.close()
 
 
