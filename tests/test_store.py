@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from aggregator.buffer import Batch, EdgeTotals
 from aggregator.store.connection import StoreError, connect
+from aggregator.store.edge_queries import EdgeQuery, EdgeReader
 from aggregator.store.ingest import IngestStore
 from aggregator.store.migrations import migrate, migration_files
 
@@ -115,6 +118,49 @@ def test_nulls_in_a_hand_made_edge_table_are_filled_and_then_forbidden(
         db.execute("INSERT INTO edge VALUES ('c', 'd', 'allow', NULL, now(), 1)")
 
 
+def test_a_hand_made_table_without_time_zones_is_written_and_read_as_utc(
+    database_url: str, db: Conn
+) -> None:
+    db.execute("SET TimeZone = 'Asia/Tokyo'")  # the zone of whoever made the table
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamp, last_seen timestamp, flow_count integer)"
+    )
+    db.execute(
+        "INSERT INTO edge VALUES ('a', 'b', 'allow', '2027-01-15 08:00', '2027-01-15 08:15', 7)"
+    )
+    t0 = int(datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp())
+    with open_store(database_url) as store:
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(t0 + 900, t0 + 1800, 1)}, t0 + 1800))
+    assert db.execute("SELECT first_seen::text, last_seen::text FROM edge").fetchall() == [
+        ("2027-01-15 08:00:00", "2027-01-15 08:30:00")
+    ]
+    with EdgeReader.open(database_url) as reader:
+        (edge,) = reader.edges(EdgeQuery(first_seen_since=datetime(2027, 1, 15, tzinfo=UTC))).rows
+    assert edge.first_seen == datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
+    assert edge.last_seen == datetime(2027, 1, 15, 8, 30, tzinfo=UTC)
+
+
+def test_a_connection_keeps_the_urls_options_and_runs_in_utc(database_url: str) -> None:
+    with connect(database_url, application_name="test") as conn:
+        assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+        (search_path,) = conn.execute("SHOW search_path").fetchone() or ("",)
+    assert search_path.startswith("t_")  # the fixture's schema, set in the URL's options
+
+
+def test_a_migration_error_says_what_the_server_said_to_fix(database_url: str, db: Conn) -> None:
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
+    )
+    db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', now(), now(), 1)")
+    db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', now(), now(), 2)")
+    with pytest.raises(StoreError) as caught, IngestStore.open(database_url) as store:
+        store.migrate()
+    assert "Key (src_ns, dst_ns, action)=(a, b, allow) is duplicated" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
@@ -124,6 +170,45 @@ def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_pa
     ):
         migrate(conn, tmp_path)
     assert db.execute("SELECT to_regclass('ok')").fetchone() == (None,)
+
+
+def test_a_role_that_may_only_read_and_write_starts_on_a_migrated_database(
+    database_url: str, db: Conn
+) -> None:
+    with open_store(database_url):
+        pass
+    schema = db.execute("SELECT current_schema()").fetchone()
+    assert schema is not None
+    role = f"writer_{uuid.uuid4().hex[:8]}"
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        db.execute(f'GRANT USAGE ON SCHEMA "{schema[0]}" TO {role}')
+        db.execute(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema[0]}" TO {role}')
+        with open_store(psycopg.conninfo.make_conninfo(database_url, user=role)) as store:
+            store.write(Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 1)}, T0 + 15))
+        assert edges(db) == [("a", "b", "allow", T0, T0 + 15, 1)]
+    finally:
+        db.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema[0]}" FROM {role}')
+        db.execute(f'REVOKE ALL ON SCHEMA "{schema[0]}" FROM {role}')
+        db.execute(f"DROP ROLE {role}")
+
+
+def test_a_migration_that_waits_on_a_lock_fails_and_says_why(
+    database_url: str, db: Conn, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_table.sql").write_text("CREATE TABLE t (id int);")
+    with connect(database_url, application_name="test") as conn:
+        migrate(conn, tmp_path)
+    (tmp_path / "0002_column.sql").write_text("ALTER TABLE t ADD COLUMN name text;")
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT * FROM t")  # an open transaction holds a lock on t
+        with (
+            connect(database_url, application_name="test") as conn,
+            pytest.raises(StoreError, match=r"0002_column\.sql failed: .*lock timeout.*another"),
+        ):
+            migrate(conn, tmp_path, lock_wait=0.2)
+    with connect(database_url, application_name="test") as conn:
+        assert migrate(conn, tmp_path) == [2]
 
 
 def test_a_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import psycopg
+import psycopg.conninfo
+from psycopg.abc import Buffer
+from psycopg.types.datetime import TimestampBinaryLoader, TimestampLoader
 
 _CONNECT_TIMEOUT_SECONDS = 5
 
@@ -17,9 +21,9 @@ class StoreError(RuntimeError):
 
 
 def connect(url: str, *, application_name: str, autocommit: bool = False) -> Connection:
-    """Open a connection; failures become StoreError without the URL in the message."""
+    """Open a connection in UTC; failures become StoreError without the URL in the message."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             connect_timeout=_CONNECT_TIMEOUT_SECONDS,
@@ -30,13 +34,44 @@ def connect(url: str, *, application_name: str, autocommit: bool = False) -> Con
             keepalives_idle=30,
             keepalives_interval=10,
             keepalives_count=3,
+            options=_in_utc(url),
         )
     except psycopg.Error as error:
         raise StoreError(f"cannot connect to PostgreSQL: {describe_error(error)}") from None
+    # A trail kept by hand may use `timestamp` (no zone) columns: their times are UTC, as the
+    # session's, and come back as aware datetimes like timestamptz's.
+    conn.adapters.register_loader("timestamp", _UtcTimestampLoader)
+    conn.adapters.register_loader("timestamp", _UtcTimestampBinaryLoader)
+    return conn
+
+
+def _in_utc(url: str) -> str:
+    """The URL's own `options`, plus a UTC session (the digest and CLI print times as UTC)."""
+    try:
+        options = str(psycopg.conninfo.conninfo_to_dict(url).get("options") or "")
+    except psycopg.Error:
+        options = ""  # psycopg.connect reports a malformed URL itself
+    return f"{options} -c TimeZone=UTC".strip()
+
+
+class _UtcTimestampLoader(TimestampLoader):
+    def load(self, data: Buffer) -> datetime:
+        return super().load(data).replace(tzinfo=UTC)
+
+
+class _UtcTimestampBinaryLoader(TimestampBinaryLoader):
+    def load(self, data: Buffer) -> datetime:
+        return super().load(data).replace(tzinfo=UTC)
 
 
 def describe_error(error: BaseException) -> str:
-    """One line about a database error; libpq messages name host and port, never the password."""
+    """One line about a database error; libpq messages name host and port, never the password.
+
+    The server's DETAIL is kept: it names what to fix (the duplicated key, say).
+    """
     text = str(error).strip().splitlines()
-    first = text[0] if text else type(error).__name__
-    return re.sub(r"password=\S+", "password=***", first)
+    line = text[0] if text else type(error).__name__
+    detail = error.diag.message_detail if isinstance(error, psycopg.Error) else None
+    if detail:
+        line = f"{line} ({' '.join(detail.split())})"
+    return re.sub(r"password=\S+", "password=***", line)
