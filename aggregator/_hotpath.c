@@ -188,10 +188,10 @@ static int keep_highest(PyObject *open_verdicts, PyObject *verdict) {
 
 static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *batch, *verdicts, *open_start_object, *open_end_object, *open_verdicts, *skipped;
-    Py_ssize_t index;
-    if (!PyArg_ParseTuple(args, "O!nO!OOO!O!:count_known", &PyList_Type, &batch, &index,
+    Py_ssize_t index, max_bytes;
+    if (!PyArg_ParseTuple(args, "O!nO!OOO!O!n:count_known", &PyList_Type, &batch, &index,
                           &PyDict_Type, &verdicts, &open_start_object, &open_end_object,
-                          &PyDict_Type, &open_verdicts, &PyDict_Type, &skipped)) {
+                          &PyDict_Type, &open_verdicts, &PyDict_Type, &skipped, &max_bytes)) {
         return NULL;
     }
     if (index < 0) {
@@ -212,7 +212,7 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
         const uint8_t *key;
         Py_ssize_t key_length;
         int64_t times[2];
-        if (!PyBytes_CheckExact(data) ||
+        if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > max_bytes ||
             !parse_head((const uint8_t *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &key,
                         &key_length, times)) {
             break;

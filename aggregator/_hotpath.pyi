@@ -11,5 +11,6 @@ def count_known(
     open_end: int | None,
     open_verdicts: dict[str, KeyVerdict],
     skipped: dict[str, int],
+    max_bytes: int,
     /,
 ) -> int: ...

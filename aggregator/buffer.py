@@ -26,6 +26,7 @@ from aggregator.mapping import (
     SKIP_DUPLICATE,
     SKIP_LATE,
     SKIP_NO_KEY,
+    SKIP_OVERSIZED,
     SKIP_UNDECODABLE,
     Connection,
     is_bad_time,
@@ -54,6 +55,9 @@ _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # those decodes as it holds, so that the keys of connections gone do not stay forever. The
 # price: a memory full of such keys costs up to that many decodes (~0.3 s) before it empties.
 _KEY_CACHE_LIMIT = 65_536
+# A FlowResult is about 500 bytes; one this long (gRPC's default message limit) is no flow
+# report that the trail can use, and is skipped.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 # Results queued before the receive loop takes the lock to count them: one lock per batch.
 _BATCH_SIZE = 256
 
@@ -239,6 +243,7 @@ class EdgeBuffer:
                 bucket.end if bucket else None,
                 bucket.verdicts if bucket else {},
                 self.skipped,
+                MAX_RESULT_BYTES,
             )
             if index < len(batch):
                 # The first of a bucket, a key not seen yet, an unusual layout: every rule.
@@ -255,6 +260,9 @@ class EdgeBuffer:
 
     def _count(self, data: bytes, head: FlowHead | None) -> None:
         """One result with every rule applied: counted, or its skip reason counted."""
+        if len(data) > MAX_RESULT_BYTES:
+            self._skip(SKIP_OVERSIZED)
+            return
         if head is None:
             # Laid out unlike protobuf's usual encoding: protobuf reads it.
             try:

@@ -34,6 +34,9 @@ _CHANNEL_OPTIONS: Final[list[tuple[str, int | str]]] = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
+    # Over gRPC's default limit (4 MiB) one result would fail the whole stream, and each
+    # reconnect would read it again: any size is taken, and the buffer skips an oversized one.
+    ("grpc.max_receive_message_length", -1),
 ]
 
 _STREAM_METHOD: Final = "/goldmane.Flows/Stream"

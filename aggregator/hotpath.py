@@ -67,15 +67,19 @@ def count_known_python(
     open_end: int | None,
     open_verdicts: dict[str, KeyVerdict],
     skipped: dict[str, int],
+    max_bytes: int,
 ) -> int:
     """Count batch[index:] while each result is simple; returns the index of the first that is not.
 
-    Simple: `flow_head` reads it, `verdicts` knows its key, and the key's verdict is either a
-    KeyVerdict for the open bucket [open_start, open_end), kept in `open_verdicts` when it is
-    the highest its connection had there, or a skip reason, counted in `skipped`. The caller
-    applies every rule to the result at the returned index and calls again after it.
+    Simple: it is at most `max_bytes` long, `flow_head` reads it, `verdicts` knows its key, and
+    the key's verdict is either a KeyVerdict for the open bucket [open_start, open_end), kept in
+    `open_verdicts` when it is the highest its connection had there, or a skip reason, counted
+    in `skipped`. The caller applies every rule to the result at the returned index and calls
+    again after it.
     """
     while index < len(batch):
+        if len(batch[index]) > max_bytes:
+            return index
         head = flow_head_python(batch[index])
         if head is None:
             return index

@@ -44,6 +44,7 @@ SKIP_BAD_TIME: Final = "bad_time"
 SKIP_DUPLICATE: Final = "duplicate"
 SKIP_LATE: Final = "late"
 SKIP_UNDECODABLE: Final = "undecodable"
+SKIP_OVERSIZED: Final = "oversized"
 SKIP_REASONS: Final = (
     SKIP_NO_KEY,
     SKIP_NOT_NAMESPACED,
@@ -54,6 +55,7 @@ SKIP_REASONS: Final = (
     SKIP_DUPLICATE,
     SKIP_LATE,
     SKIP_UNDECODABLE,
+    SKIP_OVERSIZED,
 )
 
 Connection = tuple[str, str, str, str, int, str]

@@ -259,6 +259,26 @@ def test_malformed_results_are_counted_and_skipped(
         assert running.stop() == 0
 
 
+def test_an_oversized_result_is_counted_and_skipped_and_the_stream_goes_on(
+    goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str
+) -> None:
+    server, port = goldmane
+    huge = pb.FlowKey(source_namespace="frontend", dest_namespace="db", reporter=pb.Src)
+    labels = [f"label-{index}=" + "x" * 100 for index in range(50_000)]  # about 5.5 MiB
+    server.record(huge, at=T0 + 1, source_labels=labels)
+    record_bucket(server, T0, 1)
+    record_bucket(server, T0 + BUCKET, 1, dst_ns="cache")
+    publish(server, clock, T0 + 3 * BUCKET)
+    running = RunningDaemon.start(daemon_settings(pki, port, database_url), clock)
+    try:
+        wait_until(lambda: progress(database_url) == T0 + BUCKET, what="flushed")
+        assert running.metric("edge_aggregator_flows_skipped_total", 'reason="oversized"') == 1
+        assert running.metric("edge_aggregator_stream_reconnects_total") == 0
+        assert edge_counts(database_url) == {("frontend", "api", "allow"): 1}
+    finally:
+        assert running.stop() == 0
+
+
 def failures_at(running: RunningDaemon, step: str) -> float:
     return running.metric("edge_aggregator_stream_failures_total", f'step="{step}"')
 

@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from aggregator import buffer as buffer_module
 from aggregator import hotpath
-from aggregator.buffer import EdgeBuffer
+from aggregator.buffer import MAX_RESULT_BYTES, EdgeBuffer
 from aggregator.hotpath import KeyVerdict, count_known_python, flow_head_python
 from aggregator.mapping import SKIP_UNDECODABLE
 from aggregator.wire import goldmane_pb2 as pb
@@ -174,7 +174,7 @@ def test_the_c_flow_head_refuses_what_protobuf_refuses_in_the_fields_it_walks() 
             pb.FlowResult.FromString(refused)
         assert hotpath.flow_head(refused) is None, refused.hex()
     with pytest.raises(ValueError, match="negative"):
-        hotpath.count_known([flow], -1, {}, None, None, {}, {})
+        hotpath.count_known([flow], -1, {}, None, None, {}, {}, MAX_RESULT_BYTES)
 
 
 @compiled
@@ -224,7 +224,9 @@ def _run_count_known(
     stops = []
     index = 0
     while index < len(batch):
-        index = count_known(batch, index, verdicts, T0, T0 + BUCKET, open_verdicts, skipped)
+        index = count_known(
+            batch, index, verdicts, T0, T0 + BUCKET, open_verdicts, skipped, MAX_RESULT_BYTES
+        )
         stops.append(index)
         index += 1
     return stops, open_verdicts, skipped
@@ -236,25 +238,33 @@ def test_the_c_count_known_agrees_with_the_python_one(seed: int) -> None:
     assert _run_count_known(hotpath.count_known, seed) == _run_count_known(count_known_python, seed)
 
 
-def test_count_known_stops_where_the_buffer_must_apply_every_rule() -> None:
+@pytest.mark.parametrize("count", [hotpath.count_known, count_known_python])
+def test_count_known_stops_where_the_buffer_must_apply_every_rule(
+    count: Callable[..., int],
+) -> None:
     known = flow_result(start=T0)
     key = known.flow.Key.SerializeToString()
     verdict = KeyVerdict("c", 2, ("frontend", "api", "allow"))
     unknown = flow_result(src_ns="other", start=T0)
     later = flow_result(start=T0 + BUCKET)
+    oversized = flow_result(start=T0)
+    oversized.flow.source_labels.append("app=" + "x" * 100)
+    limit = known.ByteSize() + 50
     batch = [
         known.SerializeToString(),
         unknown.SerializeToString(),
         later.SerializeToString(),
         b"\xff",
+        oversized.SerializeToString(),
     ]
     open_verdicts: dict[str, KeyVerdict] = {}
-    count = hotpath.count_known
-    assert count(batch, 0, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 1
+    assert count(batch, 0, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 1
     assert open_verdicts == {"c": verdict}
-    assert count(batch, 2, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 2
-    assert count(batch, 3, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}) == 3
-    assert count(batch, 0, {key: verdict}, None, None, open_verdicts, {}) == 0
+    assert count(batch, 2, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 2
+    assert count(batch, 3, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 3
+    assert count(batch, 4, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 4
+    assert count(batch, 4, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, 2 * limit) == 5
+    assert count(batch, 0, {key: verdict}, None, None, open_verdicts, {}, limit) == 0
 
 
 # --- the buffer on either implementation ---------------------------------------------------------
