@@ -229,10 +229,10 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
             }
             break;
         }
+        if (!has_open || times[0] != open_start || times[1] != open_end) {
+            break;
+        }
         if (PyTuple_Check(verdict)) {
-            if (!has_open || times[0] != open_start || times[1] != open_end) {
-                break;
-            }
             if (keep_highest(open_verdicts, verdict) < 0) {
                 return NULL;
             }

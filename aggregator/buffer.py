@@ -279,6 +279,10 @@ class EdgeBuffer:
         verdict = self._verdict_of_key(key) if known is None else known
         if isinstance(verdict, str):
             self._skip(verdict)
+            if not is_bad_time(start, end):
+                # Buckets come whole and in order: a skipped report of a newer bucket (a
+                # self-edge, a host endpoint) still says that the older ones are complete.
+                self._open_bucket(start, end)
         elif is_bad_time(start, end):
             self._skip(SKIP_BAD_TIME)
         else:
@@ -329,10 +333,21 @@ class EdgeBuffer:
         return None
 
     def _add_report(self, verdict: KeyVerdict, start: int, end: int) -> None:
+        bucket = self._open_bucket(start, end)
+        if isinstance(bucket, str):
+            self._skip(bucket)
+            return
+        best = bucket.verdicts.get(verdict.connection)
+        if best is None or best.rank < verdict.rank:
+            bucket.verdicts[verdict.connection] = verdict
+        if end > self.newest_flow_end:
+            self.newest_flow_end = end
+
+    def _open_bucket(self, start: int, end: int) -> _OpenBucket | str:
+        """The open bucket [start, end), opened now if new; or why a report of it cannot count."""
         refusal = self._refusal(start)
         if refusal is not None:
-            self._skip(refusal)
-            return
+            return refusal
         bucket = self._open.get(start)
         if bucket is None:
             bucket = self._open[start] = _OpenBucket(end)
@@ -340,11 +355,7 @@ class EdgeBuffer:
                 self._newest_open_start = start
                 # Buckets arrive in order: a newer one means the older ones are complete.
                 self._seal(lambda open_start: open_start < start)
-        best = bucket.verdicts.get(verdict.connection)
-        if best is None or best.rank < verdict.rank:
-            bucket.verdicts[verdict.connection] = verdict
-        if end > self.newest_flow_end:
-            self.newest_flow_end = end
+        return bucket
 
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

@@ -71,11 +71,12 @@ def count_known_python(
 ) -> int:
     """Count batch[index:] while each result is simple; returns the index of the first that is not.
 
-    Simple: it is at most `max_bytes` long, `flow_head` reads it, `verdicts` knows its key, and
-    the key's verdict is either a KeyVerdict for the open bucket [open_start, open_end), kept in
-    `open_verdicts` when it is the highest its connection had there, or a skip reason, counted
-    in `skipped`. The caller applies every rule to the result at the returned index and calls
-    again after it.
+    Simple: it is at most `max_bytes` long, `flow_head` reads it, `verdicts` knows its key, it
+    reports on the open bucket [open_start, open_end), and its key's verdict is either a
+    KeyVerdict, kept in `open_verdicts` when it is the highest its connection had there, or a
+    skip reason, counted in `skipped` (a skipped report of another bucket may open that bucket:
+    the caller sees to it). The caller applies every rule to the result at the returned index
+    and calls again after it.
     """
     while index < len(batch):
         if len(batch[index]) > max_bytes:
@@ -85,16 +86,14 @@ def count_known_python(
             return index
         key, start, end = head
         verdict = verdicts.get(key)
+        if verdict is None or open_start is None or start != open_start or end != open_end:
+            return index
         if isinstance(verdict, tuple):
-            if open_start is None or start != open_start or end != open_end:
-                return index
             best = open_verdicts.get(verdict.connection)
             if best is None or best.rank < verdict.rank:
                 open_verdicts[verdict.connection] = verdict
-        elif verdict is not None:
-            skipped[verdict] = skipped.get(verdict, 0) + 1
         else:
-            return index
+            skipped[verdict] = skipped.get(verdict, 0) + 1
         index += 1
     return index
 

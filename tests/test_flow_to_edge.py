@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from aggregator import buffer as buffer_module
 from aggregator.buffer import EdgeBuffer, EdgeTotals
+from aggregator.hotpath import count_known_python, flow_head_python
 from aggregator.mapping import (
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
@@ -166,6 +168,27 @@ def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
     assert batch.edges == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}
     assert batch.sealed_until == T0 + BUCKET
     assert buffer.sizes() == (1, 0)
+
+
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
+def test_skipped_reports_of_newer_buckets_seal_the_older_ones(
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if receive_path == "python":
+        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+    buffer = new_buffer()
+    add(buffer, flow_result(start=T0))
+    # After it, only traffic that makes no edge: a self-edge, a host endpoint.
+    for bucket in range(1, 4):
+        assert add(buffer, flow_result("api", "api", start=T0 + bucket * BUCKET)) == SKIP_SELF_EDGE
+        assert add(buffer, flow_result("-", "api", start=T0 + bucket * BUCKET)) == (
+            SKIP_NOT_NAMESPACED
+        )
+    batch = buffer.take()
+    assert batch.edges == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}
+    assert batch.sealed_until == T0 + 3 * BUCKET
+    assert buffer.sizes() == (0, 0)
 
 
 def test_reports_of_a_sealed_bucket_are_duplicates() -> None:
