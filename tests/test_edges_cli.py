@@ -296,6 +296,20 @@ def test_json_is_short_for_format_json(trail: Conn, edges: Any) -> None:
     assert edges("--json").out == edges("--format", "json").out
 
 
+def test_a_hand_made_trail_counting_in_numeric_gives_json_numbers(
+    database_url: str, db: Conn, edges: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamptz, last_seen timestamptz, flow_count numeric)"
+    )
+    insert(db, [("web", "api", "allow", timedelta(hours=2), timedelta(hours=1), 12)])
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    run = edges("--json")
+    assert run.code == 0, run.err
+    assert [row["flow_count"] for row in run.json()] == [12]
+
+
 # ---------------------------------------------------------------- output formats
 
 

@@ -25,7 +25,8 @@ from aggregator.store.migrations import migrate
 DIGEST_LOCK_KEY = 0x646967657374  # "digest"
 
 
-_EDGE_COLUMNS = "e.src_ns, e.dst_ns, e.action, e.first_seen, e.last_seen, e.flow_count"
+# The cast: a table made by hand may count in integer or numeric.
+_EDGE_COLUMNS = "e.src_ns, e.dst_ns, e.action, e.first_seen, e.last_seen, e.flow_count::bigint"
 # Denied edges first: they are the ones people must read.
 _EDGE_ORDER = "ORDER BY (e.action <> 'deny'), e.src_ns, e.dst_ns, e.action"
 

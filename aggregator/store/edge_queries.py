@@ -174,7 +174,10 @@ _PEER_ORDER: Final[Mapping[PeerSortKey, sql.SQL]] = {
     "flow_count": sql.SQL("flow_count DESC, peer, action"),
 }
 
-_EDGE_COLUMNS: Final = sql.SQL("src_ns, dst_ns, action, first_seen, last_seen, flow_count")
+# The cast: a table made by hand may count in integer or numeric (JSON has no Decimal).
+_EDGE_COLUMNS: Final = sql.SQL(
+    "src_ns, dst_ns, action, first_seen, last_seen, flow_count::bigint AS flow_count"
+)
 
 
 def _where(query: EdgeQuery) -> tuple[sql.Composable, dict[str, Any]]:
