@@ -49,9 +49,9 @@ exit status:
   {EXIT_INTERNAL}  unexpected internal error
   {EXIT_USAGE}  bad command line or setting, or SLACK_WEBHOOK_URL unset without --dry-run
   {EXIT_SLACK_REJECTED}  Slack refused a message (e.g. channel_not_found, invalid_token):
-     not retried; fix the webhook; progress not advanced
+     not retried; fix the webhook; the next run reports what was not posted
   {EXIT_SLACK_UNREACHABLE}  Slack unreachable (network, timeouts, 5xx, rate limited) after
-     retries; progress not advanced
+     retries; the next run reports what was not posted
   {EXIT_DATABASE}  database error (including: Slack accepted but recording failed)
   {EXIT_BUSY}  another digest run held the lock longer than DIGEST_LOCK_WAIT_SECONDS
 """
@@ -175,14 +175,14 @@ def main(
         hint = _HINTS.get(error.error, "check the webhook and the channel")
         return _fail(
             f"Slack rejected the digest: {error}{_partial(error)}; {hint};"
-            " not retried, progress not advanced",
+            " not retried; the next run reports what was not posted",
             EXIT_SLACK_REJECTED,
             secret,
         )
     except SlackUnreachable as error:
         return _fail(
             f"Slack could not take the digest: {error}{_partial(error)};"
-            " progress not advanced, the next run reports these edges",
+            " the next run reports what was not posted",
             EXIT_SLACK_UNREACHABLE,
             secret,
         )
@@ -204,7 +204,7 @@ def _partial(error: SlackError) -> str:
         return f" (message 1 of {error.total})"
     return (
         f" (message {error.accepted + 1} of {error.total}; the {error.accepted} before it"
-        " were posted and will be posted again by the next run)"
+        " were posted and recorded)"
     )
 
 

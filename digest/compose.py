@@ -52,6 +52,8 @@ class Composition:
     messages: list[Payload]
     listed: list[Edge] = field(default_factory=list)
     summarised: list[Edge] = field(default_factory=list)
+    carried: list[list[Edge]] = field(default_factory=list)
+    """Per message, the edges it lists or counts: what Slack's `ok` to it reports."""
 
 
 def escape(text: str) -> str:
@@ -81,7 +83,7 @@ def compose(
     packer = _Packer()
     for line in _lines(listed, summarised, window):
         packer.add(line)
-    bodies = packer.finish() or [[]]
+    bodies, carried = packer.finish() or ([[]], [[]])
 
     total = len(bodies)
     messages = []
@@ -92,7 +94,7 @@ def compose(
             blocks.append(_context_block(_context(ordered, window)))
         blocks.extend(body)
         messages.append({"text": _fallback(ordered, window) + suffix, "blocks": blocks})
-    return Composition(messages=messages, listed=listed, summarised=summarised)
+    return Composition(messages, listed, summarised, carried)
 
 
 # --- Text ----------------------------------------------------------------------------------
@@ -159,6 +161,8 @@ class _Line:
     text: str
     kind: Literal["part", "group", "edge", "note"]
     repeat: tuple[str, ...] = ()
+    edges: Sequence[Edge] = ()
+    """The edges the line reports: its edge, or those a note counts."""
 
 
 def _lines(listed: Sequence[Edge], summarised: Sequence[Edge], window: Window) -> list[_Line]:
@@ -183,12 +187,13 @@ def _lines(listed: Sequence[Edge], summarised: Sequence[Edge], window: Window) -
                 group = f"*{_name(source)}*"
                 lines.append(_Line(group, "group", (part_again,)))
                 group_again = f"*{_name(source)}* _(continued)_"
-            lines.append(_Line(_edge_line(edge, window), "edge", (part_again, group_again)))
+            repeat = (part_again, group_again)
+            lines.append(_Line(_edge_line(edge, window), "edge", repeat, (edge,)))
     if summarised:
         counts = Counter(e.action for e in summarised)
         by_action = ", ".join(f"{n:,} {escape(a)}" for a, n in counts.most_common())
         more = f"…and {_plural(len(summarised), 'more new edge')} not listed ({by_action})."
-        lines.append(_Line(more, "note"))
+        lines.append(_Line(more, "note", edges=summarised))
     return lines
 
 
@@ -219,7 +224,9 @@ class _Packer:
 
     def __init__(self) -> None:
         self._bodies: list[list[Payload]] = []
+        self._carried: list[list[Edge]] = []
         self._blocks: list[Payload] = []
+        self._edges: list[Edge] = []  # the edges the current message reports
         self._size = 0  # JSON characters of the closed sections of the current message
         self._lines: list[str] = []
         self._chars = 0  # text characters of the open section
@@ -239,11 +246,13 @@ class _Packer:
                 self._append(heading)
             text = f"\n{line.text}" if line.kind == "group" else line.text
         self._append(text)
+        self._edges.extend(line.edges)
 
-    def finish(self) -> list[list[Payload]]:
+    def finish(self) -> tuple[list[list[Payload]], list[list[Edge]]] | None:
+        """Each message's blocks and the edges it reports; None when there is no line."""
         self._close_section()
         self._close_message()
-        return self._bodies
+        return (self._bodies, self._carried) if self._bodies else None
 
     def _fits(self, text: str) -> bool:
         if self._lines:
@@ -269,4 +278,5 @@ class _Packer:
     def _close_message(self) -> None:
         if self._blocks:
             self._bodies.append(self._blocks)
-        self._blocks, self._size = [], 0
+            self._carried.append(self._edges)
+        self._blocks, self._size, self._edges = [], 0, []

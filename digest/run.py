@@ -1,7 +1,9 @@
-"""One digest run: pick the edges no run has reported, compose, post (or print), then record.
+"""One digest run: pick the edges no run has reported, compose, post (or print), record.
 
 Exactly once: a run holds the digest lock, selects edges without a
-`digest_reported` row, posts every message, and only then records them.
+`digest_reported` row, and records each message's edges as soon as Slack has
+accepted that message, so a run that fails part-way leaves the next run only
+the edges it did not post.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Poster(Protocol):
 
 
 class ProgressNotRecorded(StoreError):
-    """Slack accepted the whole digest but the database did not take the record of it."""
+    """Slack accepted a message but the database did not take the record of its edges."""
 
 
 @dataclass(frozen=True)
@@ -74,23 +76,10 @@ def run_digest(
         # has its edges recorded and they are not selected again.
         selection = store.unreported(options.first_window)
         composition = _compose(selection, _kind(selection), options)
-        _deliver(composition, poster, options, out)
         run_id = uuid.uuid4()
-        try:
-            store.record(
-                selection,
-                run_id,
-                listed=[edge.key for edge in composition.listed],
-                summarised=[edge.key for edge in composition.summarised],
-            )
-        except StoreError as error:
-            if not composition.messages:
-                raise
-            count = len(selection.edges)
-            raise ProgressNotRecorded(
-                f"Slack accepted the digest but recording it failed, so the next run will post"
-                f" its {count} edge{'' if count == 1 else 's'} again: {error}"
-            ) from None
+        assert poster is not None, "posting needs a webhook client"
+        _post_and_record(store, composition, poster, run_id)
+        store.finish_run(selection, run_id)
     log.info(
         "digest done" if composition.messages else "no new edges; nothing posted",
         extra={
@@ -109,6 +98,36 @@ def _kind(selection: Selection) -> WindowKind:
 def _compose(selection: Selection, kind: WindowKind, options: RunOptions) -> Composition:
     window = Window(selection.window_start, selection.window_end, kind)
     return compose(selection.edges, window, max_edges=options.max_edges, always=options.always)
+
+
+def _post_and_record(
+    store: DigestStore, composition: Composition, poster: Poster, run_id: uuid.UUID
+) -> None:
+    """Post each message, then record the edges it carried before posting the next."""
+    summarised = set(composition.summarised)
+    total = len(composition.messages)
+    for number, (payload, edges) in enumerate(
+        zip(composition.messages, composition.carried, strict=True), start=1
+    ):
+        try:
+            poster.post(payload)
+        except SlackError as error:
+            error.accepted, error.total = number - 1, total
+            raise
+        try:
+            store.record_reported(
+                run_id,
+                listed=[edge.key for edge in edges if edge not in summarised],
+                summarised=[edge.key for edge in edges if edge in summarised],
+            )
+        except StoreError as error:
+            which = "the digest" if total == 1 else f"message {number} of {total}"
+            count = len(edges)
+            # Not posting the rest: each message more would be one more to post again.
+            raise ProgressNotRecorded(
+                f"Slack accepted {which} but recording it failed, so the next run will post"
+                f" its {count} edge{'' if count == 1 else 's'} again: {error}"
+            ) from None
 
 
 def _deliver(

@@ -30,7 +30,7 @@ class SlackError(Exception):
     """Slack did not accept a message. `error` is Slack's error name or a short description.
 
     `accepted` and `total` say how far the run got: messages before this one
-    were accepted (and are posted again by the next run).
+    were accepted (and their edges recorded).
     """
 
     def __init__(self, error: str, *, status: int | None = None) -> None:

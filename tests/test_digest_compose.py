@@ -209,6 +209,18 @@ def test_past_the_cap_the_rest_is_counted_not_listed() -> None:
     assert messages[0]["blocks"][0]["text"]["text"].startswith("5,000 new edges")
 
 
+@pytest.mark.parametrize("max_edges", [0, 500])
+def test_each_message_carries_exactly_the_edges_it_lists_or_counts(max_edges: int) -> None:
+    composition = compose(many(5000), WINDOW, max_edges=max_edges)
+    assert len(composition.carried) == len(composition.messages) > 1
+    for message, carried in zip(composition.messages, composition.carried, strict=True):
+        shown = listed_edges([message])
+        assert [e.key for e in carried if e not in composition.summarised] == shown
+    counted = [e for carried in composition.carried for e in carried]
+    assert Counter(e.key for e in counted) == Counter(e.key for e in many(5000))
+    assert set(composition.summarised) <= set(composition.carried[-1])
+
+
 def test_a_cap_above_the_count_lists_everything() -> None:
     composition = compose(many(50), WINDOW, max_edges=500)
     assert len(listed_edges(composition.messages)) == 50

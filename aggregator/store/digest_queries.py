@@ -172,17 +172,14 @@ class DigestStore:
             ).fetchall()
         return Selection(_edges(rows), window_start, now, first_run)
 
-    def record(
-        self,
-        selection: Selection,
-        run_id: uuid.UUID,
-        *,
-        listed: Sequence[EdgeKey],
-        summarised: Sequence[EdgeKey],
+    def record_reported(
+        self, run_id: uuid.UUID, *, listed: Sequence[EdgeKey], summarised: Sequence[EdgeKey]
     ) -> None:
-        """Mark a run's edges reported and move the window, in one transaction."""
+        """Mark edges reported (those of one message Slack accepted), in one transaction."""
         keys = [(*key, "listed") for key in listed] + [(*key, "summarised") for key in summarised]
-        with _store_errors("cannot record the digest's progress"), self._conn.transaction():
+        if not keys:
+            return
+        with _store_errors("cannot record what the digest reported"), self._conn.transaction():
             self._conn.execute(
                 """
                 INSERT INTO digest_reported (src_ns, dst_ns, action, run_id, how)
@@ -199,6 +196,10 @@ class DigestStore:
                     [key[3] for key in keys],
                 ),
             )
+
+    def finish_run(self, selection: Selection, run_id: uuid.UUID) -> None:
+        """Move the window on: the next run's message says "new since" this run's end."""
+        with _store_errors("cannot record the digest's progress"), self._conn.transaction():
             updated = self._conn.execute(
                 "UPDATE digest_state SET last_run_at = %s, last_run_id = %s",
                 (selection.window_end, run_id),
