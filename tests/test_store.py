@@ -161,6 +161,28 @@ def test_a_migration_error_says_what_the_server_said_to_fix(database_url: str, d
     assert "\n" not in str(caught.value)
 
 
+def test_rows_without_a_namespace_or_action_are_moved_aside_not_lost(
+    database_url: str, db: Conn
+) -> None:
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
+    )
+    db.execute(
+        "INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%(t)s), to_timestamp(%(t)s), 1),"
+        " (NULL, 'b', 'allow', to_timestamp(%(t)s), to_timestamp(%(t)s), 2),"
+        " ('a', 'b', NULL, to_timestamp(%(t)s), to_timestamp(%(t)s), 3)",
+        {"t": T0},
+    )
+    with open_store(database_url):
+        pass
+    assert edges(db) == [("a", "b", "allow", T0, T0, 1)]
+    aside = db.execute("SELECT src_ns, action, flow_count FROM edge_without_key ORDER BY 3")
+    assert aside.fetchall() == [(None, "allow", 2), ("a", None, 3)]
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        db.execute("INSERT INTO edge VALUES ('c', NULL, 'allow', now(), now(), 1)")
+
+
 def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
