@@ -27,6 +27,14 @@ def open_store(url: str) -> IngestStore:
     return store
 
 
+def create_hand_made_edge(db: Conn, *, times: str = "timestamptz", count: str = "bigint") -> None:
+    """An `edge` table as a user made it before the daemon: no key, columns that allow NULL."""
+    db.execute(
+        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
+        f" first_seen {times}, last_seen {times}, flow_count {count})"
+    )
+
+
 def edges(db: Conn) -> list[tuple[Any, ...]]:
     return db.execute(
         "SELECT src_ns, dst_ns, action, extract(epoch FROM first_seen)::bigint,"
@@ -90,10 +98,7 @@ def test_two_processes_migrating_at_once_apply_each_migration_once(
 def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(
     database_url: str, db: Conn
 ) -> None:
-    db.execute(
-        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
-        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
-    )
+    create_hand_made_edge(db)
     db.execute(
         "INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%s), to_timestamp(%s), 7)",
         (T0, T0 + 15),
@@ -106,10 +111,7 @@ def test_an_existing_edge_table_keeps_its_rows_and_gains_the_upsert_key(
 def test_nulls_in_a_hand_made_edge_table_are_filled_and_then_forbidden(
     database_url: str, db: Conn
 ) -> None:
-    db.execute(
-        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
-        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
-    )
+    create_hand_made_edge(db)
     db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', NULL, to_timestamp(%s), NULL)", (T0,))
     with open_store(database_url):
         pass
@@ -122,10 +124,7 @@ def test_a_hand_made_table_without_time_zones_is_written_and_read_as_utc(
     database_url: str, db: Conn
 ) -> None:
     db.execute("SET TimeZone = 'Asia/Tokyo'")  # the zone of whoever made the table
-    db.execute(
-        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
-        " first_seen timestamp, last_seen timestamp, flow_count integer)"
-    )
+    create_hand_made_edge(db, times="timestamp", count="integer")
     db.execute(
         "INSERT INTO edge VALUES ('a', 'b', 'allow', '2027-01-15 08:00', '2027-01-15 08:15', 7)"
     )
@@ -149,10 +148,7 @@ def test_a_connection_keeps_the_urls_options_and_runs_in_utc(database_url: str) 
 
 
 def test_a_migration_error_says_what_the_server_said_to_fix(database_url: str, db: Conn) -> None:
-    db.execute(
-        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
-        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
-    )
+    create_hand_made_edge(db)
     db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', now(), now(), 1)")
     db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', now(), now(), 2)")
     with pytest.raises(StoreError) as caught, IngestStore.open(database_url) as store:
@@ -164,10 +160,7 @@ def test_a_migration_error_says_what_the_server_said_to_fix(database_url: str, d
 def test_rows_without_a_namespace_or_action_are_moved_aside_not_lost(
     database_url: str, db: Conn
 ) -> None:
-    db.execute(
-        "CREATE TABLE edge (src_ns text, dst_ns text, action text,"
-        " first_seen timestamptz, last_seen timestamptz, flow_count bigint)"
-    )
+    create_hand_made_edge(db)
     db.execute(
         "INSERT INTO edge VALUES ('a', 'b', 'allow', to_timestamp(%(t)s), to_timestamp(%(t)s), 1),"
         " (NULL, 'b', 'allow', to_timestamp(%(t)s), to_timestamp(%(t)s), 2),"
