@@ -176,6 +176,15 @@ def test_rows_without_a_namespace_or_action_are_moved_aside_not_lost(
         db.execute("INSERT INTO edge VALUES ('c', NULL, 'allow', now(), now(), 1)")
 
 
+def test_a_hand_made_partial_key_gets_one_the_upsert_can_use(database_url: str, db: Conn) -> None:
+    create_hand_made_edge(db)
+    db.execute("CREATE UNIQUE INDEX partial ON edge (src_ns, dst_ns, action) WHERE flow_count > 0")
+    with open_store(database_url) as store:
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(T0, T0 + 15, 1)}, T0 + 15))
+        store.write(Batch({("a", "b", "allow"): EdgeTotals(T0 + 15, T0 + 30, 2)}, T0 + 30))
+    assert edges(db) == [("a", "b", "allow", T0, T0 + 30, 3)]
+
+
 def test_a_failing_migration_applies_nothing(database_url: str, db: Conn, tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE broken (;")
