@@ -233,7 +233,7 @@ class EdgeBuffer:
         learnt = False
         while index < len(batch):
             bucket = self._open.get(self._newest_open_start)
-            if bucket is not None and self._refusal(self._newest_open_start) is not None:
+            if bucket is not None and self._refusal(self._newest_open_start, bucket.end):
                 bucket = None  # buckets that overlap, or a day old: every rule, result by result
             index = count_known(
                 batch,
@@ -323,10 +323,10 @@ class EdgeBuffer:
                 self._decoded_past_limit = 0
         return verdict
 
-    def _refusal(self, start: int) -> str | None:
-        """Why a report of the bucket starting at `start` cannot count now, or None."""
+    def _refusal(self, start: int, end: int) -> str | None:
+        """Why a report of the bucket [start, end) cannot count now, or None."""
         now = self._flow_clock()
-        if not now - _PLAUSIBLE_PAST_SECONDS <= start <= now + _PLAUSIBLE_FUTURE_SECONDS:
+        if not now - _PLAUSIBLE_PAST_SECONDS <= start <= end <= now + _PLAUSIBLE_FUTURE_SECONDS:
             return SKIP_BAD_TIME
         if start < self._sealed_until:
             return SKIP_LATE if start in self._sealed_by_quiet else SKIP_DUPLICATE
@@ -345,7 +345,7 @@ class EdgeBuffer:
 
     def _open_bucket(self, start: int, end: int) -> _OpenBucket | str:
         """The open bucket [start, end), opened now if new; or why a report of it cannot count."""
-        refusal = self._refusal(start)
+        refusal = self._refusal(start, end)
         if refusal is not None:
             return refusal
         bucket = self._open.get(start)

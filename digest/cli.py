@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from aggregator.embedded import resolve_database_url
 from aggregator.logs import configure_logging
@@ -22,7 +21,7 @@ from aggregator.store.connection import StoreError
 from aggregator.store.digest_queries import DigestBusy, DigestStore
 from aggregator.timespec import parse_time_spec
 from digest.run import RunOptions, run_digest
-from digest.slack import SlackError, SlackRejected, SlackUnreachable, WebhookClient
+from digest.slack import SlackError, SlackRejected, SlackUnreachable, WebhookClient, scrub
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -211,10 +210,7 @@ def _partial(error: SlackError) -> str:
 def _fail(message: str, status: int, secret: str | None = None) -> int:
     """One line on stderr: no traceback, and never the webhook URL."""
     if secret:
-        message = message.replace(secret, "<webhook URL>")
-        path = urlsplit(secret).path
-        if len(path) > 1:
-            message = message.replace(path, "/<secret>")
+        message = scrub(message, secret)
     line = " ".join(message.split())
     print(f"edges-digest: {line}", file=sys.stderr)
     return status

@@ -114,15 +114,16 @@ class WebhookClient:
                             f"still rate limited after {self._rate_limit_retries} waits",
                             status=429,
                         )
-                    delay = self._retry_after(response, backoff)
-                    if delay > self._max_retry_after:
+                    asked = _retry_after(response)
+                    if asked is not None and asked > self._max_retry_after:
                         # Asking again sooner than Slack said is what the 429 was about.
                         raise SlackUnreachable(
-                            f"rate limited: Slack asked to wait {delay:g} s, more than the"
+                            f"rate limited: Slack asked to wait {asked:g} s, more than the"
                             f" {self._max_retry_after:g} s allowed"
                             " (DIGEST_MAX_RETRY_AFTER_SECONDS)",
                             status=429,
                         )
+                    delay = backoff.next_delay() if asked is None else asked
                     log.warning("Slack rate limited the digest; waiting", extra={"wait": delay})
                     self._sleep(delay)
                     continue
@@ -147,25 +148,16 @@ class WebhookClient:
                 self._sleep(wait)
         self._last_request = self._clock()
 
-    def _retry_after(self, response: httpx.Response, backoff: Backoff) -> float:
-        try:
-            seconds = float(response.headers.get("Retry-After", ""))
-        except ValueError:
-            seconds = -1.0
-        if not 0 <= seconds < float("inf"):
-            seconds = backoff.next_delay()  # absent or an HTTP date: not what Slack sends
-        return seconds
-
     def _error_name(self, text: str, status: int) -> str:
         """Slack's error name from the body; anything else (a proxy's page) shortened."""
-        first = text.strip().splitlines()[0].strip() if text.strip() else ""
+        # Scrubbed first: a body may echo the token, and a cut could leave a piece of the URL
+        # that is no longer recognised.
+        first = self.scrub(text.strip().splitlines()[0].strip()) if text.strip() else ""
         if _ERROR_NAME.fullmatch(first):
             return first
         if not first:
             return f"an empty answer to HTTP {status}"
-        # Scrubbed before it is cut: a cut could leave a piece of the URL unrecognised.
-        snippet = self.scrub(first)[:80]
-        return f"an unexpected answer {snippet!r}"
+        return f"an unexpected answer {first[:80]!r}"
 
     def _describe(self, error: httpx.TransportError) -> str:
         # httpx puts the URL into some messages; ours must never carry it.
@@ -174,17 +166,31 @@ class WebhookClient:
         return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
     def scrub(self, text: str) -> str:
-        """`text` without the webhook URL, its path or its token (the path's last part)."""
-        path = urlsplit(self._url).path
-        token = path.rstrip("/").rpartition("/")[2]
-        text = text.replace(self._url, "<webhook URL>")
-        if len(path) > 1:
-            text = text.replace(path, "/<secret>")
-        # A page that quotes the token alone (an URL-encoded path, say) must not show it either.
-        return text.replace(token, "<secret>") if len(token) >= _MIN_TOKEN_CHARS else text
+        """`text` without the webhook URL or any part of it that is secret."""
+        return scrub(text, self._url)
 
     def __enter__(self) -> WebhookClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a 429's Retry-After asks for; None when absent or an HTTP date."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` without the webhook `url`, its path or its token (the path's last part)."""
+    path = urlsplit(url).path
+    token = path.rstrip("/").rpartition("/")[2]
+    text = text.replace(url, "<webhook URL>")
+    if len(path) > 1:
+        text = text.replace(path, "/<secret>")
+    # A page that quotes the token alone (an URL-encoded path, say) must not show it either.
+    return text.replace(token, "<secret>") if len(token) >= _MIN_TOKEN_CHARS else text

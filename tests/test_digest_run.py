@@ -318,27 +318,59 @@ def test_a_run_that_cannot_get_the_lock_in_time_exits_6_and_posts_nothing(
     assert reported(db) == {}
 
 
-def test_when_the_database_fails_after_slack_accepted_the_run_says_it_will_repeat(
-    env: None, db: Conn, slack: SlackServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    add_edge(db, "web", "api")
+def run_losing_the_database_during_message(
+    number: int, slack: SlackServer, db: Conn, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """A run whose database connection dies while Slack holds message `number` (then `ok`)."""
     gate = threading.Event()
-    slack.script(Answer(gate=gate))
+    slack.script(*[OK] * (number - 1), Answer(gate=gate))
     status: list[int] = []
     thread = threading.Thread(target=lambda: status.append(main([], sleep=FakeTime().sleep)))
     thread.start()
-    slack.wait_for_requests(1)
+    slack.wait_for_requests(number)
     db.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE application_name = 'edges-digest' AND datname = current_database()"
     )
     gate.set()
     thread.join(30)
-    err = capsys.readouterr().err
-    assert status == [5]
+    (exit_status,) = status
+    return exit_status, capsys.readouterr().err
+
+
+def test_when_the_database_fails_after_slack_accepted_the_run_says_it_will_repeat(
+    env: None, db: Conn, slack: SlackServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_edge(db, "web", "api")
+    status, err = run_losing_the_database_during_message(1, slack, db, capsys)
+    assert status == 5
     assert "Slack accepted the digest but recording it failed" in err
     assert "the next run will post its 1 edge again" in err
     assert listed(db) == set()
+
+
+def test_when_recording_a_later_message_fails_the_run_stops_there(
+    env: None,
+    db: Conn,
+    slack: SlackServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DIGEST_MAX_EDGES", "0")
+    add_many(db, 600)
+    status, err = run_losing_the_database_during_message(2, slack, db, capsys)
+    assert status == 5
+    assert "Slack accepted message 2 of 3 but recording it failed" in err
+    assert len(slack.received) == 2  # not message 3
+    first, second = (set(posted_edges([body])) for body in slack.bodies)
+    assert listed(db) == first
+
+    slack.received.clear()
+    assert digest(capsys).status == 0
+    again = posted_edges(slack.bodies)
+    assert second <= set(again)  # as the run said: message 2's edges are posted again
+    assert not first & set(again)
+    assert len(listed(db)) == 600
 
 
 # --- Failures: exit status, one line, nothing advanced --------------------------------------

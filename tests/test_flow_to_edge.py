@@ -191,6 +191,19 @@ def test_skipped_reports_of_newer_buckets_seal_the_older_ones(
     assert buffer.sizes() == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("src_ns", "reason"), [("frontend", SKIP_BAD_TIME), ("api", SKIP_SELF_EDGE)]
+)
+def test_a_report_of_a_bucket_ending_far_ahead_moves_no_progress(src_ns: str, reason: str) -> None:
+    buffer = new_buffer()
+    add(buffer, flow_result(start=T0))
+    bogus = flow_result(src_ns, "api", start=T0 + BUCKET)
+    bogus.flow.end_time = T0 + 10**9
+    assert add(buffer, bogus) == reason
+    add(buffer, flow_result(start=T0 + 2 * BUCKET))
+    assert buffer.take().sealed_until == T0 + BUCKET
+
+
 def test_reports_of_a_sealed_bucket_are_duplicates() -> None:
     buffer = EdgeBuffer(sealed_until=T0 + BUCKET, flow_clock=lambda: T0)
     assert add(buffer, flow_result(start=T0)) == SKIP_DUPLICATE

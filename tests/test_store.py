@@ -15,7 +15,7 @@ from aggregator.buffer import Batch, EdgeTotals
 from aggregator.store.connection import StoreError, connect
 from aggregator.store.edge_queries import EdgeQuery, EdgeReader
 from aggregator.store.ingest import IngestStore
-from aggregator.store.migrations import migrate, migration_files
+from aggregator.store.migrations import _MIGRATION_LOCK_KEY, migrate, migration_files
 
 T0 = 1_800_000_000
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -147,6 +147,15 @@ def test_a_connection_keeps_the_urls_options_and_runs_in_utc(database_url: str) 
     assert search_path.startswith("t_")  # the fixture's schema, set in the URL's options
 
 
+def test_a_connection_keeps_the_settings_of_pgoptions_and_runs_in_utc(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGOPTIONS", "-c TimeZone=Asia/Tokyo -c work_mem=4321kB")
+    with connect(postgres_url, application_name="test") as conn:
+        assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+        assert conn.execute("SHOW work_mem").fetchone() == ("4321kB",)
+
+
 def test_a_migration_error_says_what_the_server_said_to_fix(database_url: str, db: Conn) -> None:
     create_hand_made_edge(db)
     db.execute("INSERT INTO edge VALUES ('a', 'b', 'allow', now(), now(), 1)")
@@ -215,6 +224,19 @@ def test_a_role_that_may_only_read_and_write_starts_on_a_migrated_database(
         db.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema[0]}" FROM {role}')
         db.execute(f'REVOKE ALL ON SCHEMA "{schema[0]}" FROM {role}')
         db.execute(f"DROP ROLE {role}")
+
+
+def test_a_migration_waits_for_another_process_migrating_however_long(
+    database_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_table.sql").write_text("CREATE TABLE t (id int);")
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        release = threading.Timer(0.5, other.commit)
+        release.start()
+        with connect(database_url, application_name="test") as conn:
+            assert migrate(conn, tmp_path, lock_wait=0.1) == [1]
+        release.join()
 
 
 def test_a_migration_that_waits_on_a_lock_fails_and_says_why(

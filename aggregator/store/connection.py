@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import psycopg
-import psycopg.conninfo
 from psycopg.abc import Buffer
 from psycopg.types.datetime import TimestampBinaryLoader, TimestampLoader
 
@@ -34,24 +33,22 @@ def connect(url: str, *, application_name: str, autocommit: bool = False) -> Con
             keepalives_idle=30,
             keepalives_interval=10,
             keepalives_count=3,
-            options=_in_utc(url),
         )
     except psycopg.Error as error:
         raise StoreError(f"cannot connect to PostgreSQL: {describe_error(error)}") from None
+    try:
+        # Set here, not in libpq's `options`: that would override PGOPTIONS and a service file's.
+        conn.execute("SET TIME ZONE 'UTC'")
+        if not autocommit:
+            conn.commit()
+    except psycopg.Error as error:
+        conn.close()
+        raise StoreError(f"cannot set up the PostgreSQL session: {describe_error(error)}") from None
     # A trail kept by hand may use `timestamp` (no zone) columns: their times are UTC, as the
     # session's, and come back as aware datetimes like timestamptz's.
     conn.adapters.register_loader("timestamp", _UtcTimestampLoader)
     conn.adapters.register_loader("timestamp", _UtcTimestampBinaryLoader)
     return conn
-
-
-def _in_utc(url: str) -> str:
-    """The URL's own `options`, plus a UTC session (the digest and CLI print times as UTC)."""
-    try:
-        options = str(psycopg.conninfo.conninfo_to_dict(url).get("options") or "")
-    except psycopg.Error:
-        options = ""  # psycopg.connect reports a malformed URL itself
-    return f"{options} -c TimeZone=UTC".strip()
 
 
 class _UtcTimestampLoader(TimestampLoader):

@@ -1,7 +1,7 @@
 """The digest's SQL: which edges no digest has reported yet, and recording what a run reported.
 
-An edge is new while it has no row in `digest_reported`; a run writes those rows
-only after Slack accepted all its messages. Runs serialise on an advisory lock.
+An edge is new while it has no row in `digest_reported`; a run writes a message's
+rows once Slack has accepted that message. Runs serialise on an advisory lock.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def migrate(
 
     One transaction under an advisory lock: two processes starting together
     apply each migration once, and a failing migration leaves nothing half-done.
-    A lock not granted within `lock_wait` seconds fails the attempt (the daemon
-    logs it and tries again) rather than wait unseen behind someone's open
-    transaction.
+    A table lock not granted within `lock_wait` seconds fails the attempt (the
+    daemon logs it and tries again) rather than wait unseen behind someone's
+    open transaction.
     """
     try:
         return _apply_pending(conn, directory, lock_wait)
@@ -62,10 +62,11 @@ def migrate(
 def _apply_pending(conn: Connection, directory: Path | None, lock_wait: float) -> list[int]:
     applied_now = []
     with conn.transaction():
+        # Waited for as long as it takes: another process may be running a long migration.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
         conn.execute(
             "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_wait * 1000))}ms",)
         )
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
         # Looked up first: CREATE ... IF NOT EXISTS needs the right to create in the schema even
         # when the table is there, and a role that may only read and write must still start.
         if conn.execute("SELECT to_regclass('edge_aggregator_migration')").fetchone() == (None,):
