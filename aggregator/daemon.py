@@ -45,6 +45,7 @@ from aggregator.settings import (
     GoldmaneSettings,
     SettingsError,
     load_daemon_settings,
+    load_database_url,
     load_log_format,
     redact_url,
 )
@@ -428,18 +429,40 @@ _ENV_FLAGS = {
 }
 
 
-def _start_simulator(args: argparse.Namespace) -> tuple[Simulator, GoldmaneSettings]:
+def _start_simulator(
+    args: argparse.Namespace, database_url: str
+) -> tuple[Simulator, GoldmaneSettings]:
     if args.namespaces < 12 or args.rate <= 0 or not 0.1 <= args.speed <= 1000:
         raise SettingsError("--namespaces must be >= 12, --rate > 0, --speed from 0.1 to 1000")
     try:
         simulator = Simulator(
-            namespaces=args.namespaces, rate=args.rate, seed=args.seed, speed=args.speed
+            namespaces=args.namespaces,
+            rate=args.rate,
+            seed=args.seed,
+            speed=args.speed,
+            start=simulation_start(database_url),
         )
         return simulator, simulator.start()
     except ImportError:
         raise SettingsError(
             "the simulator needs its extra: pip install 'goldmane-edge-aggregator[simulator]'"
         ) from None
+
+
+def simulation_start(database_url: str) -> float:
+    """Where a simulated cluster's time starts: now, or where an earlier simulation got to.
+
+    Simulated time runs --speed times faster than the wall clock, so a simulation's stored
+    progress is ahead of it: a new one starting at the wall clock would see only duplicates
+    until it caught up.
+    """
+    now = time.time()
+    try:
+        with IngestStore.open(database_url) as store:
+            progress = store.load_progress()
+    except (StoreError, psycopg.Error):
+        return now  # no trail yet; or no database, which the daemon reports and waits for
+    return max(now, progress or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,11 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             configure_logging(load_log_format(env))
-            goldmane = None
+            goldmane, database_url = None, None
             if args.simulate:
-                simulator, goldmane = _start_simulator(args)
+                database_url = resolve_database_url(load_database_url(env))
+                simulator, goldmane = _start_simulator(args, database_url)
             settings = load_daemon_settings(env, goldmane=goldmane)
-            database_url = resolve_database_url(settings.database_url)
+            database_url = database_url or resolve_database_url(settings.database_url)
         except SettingsError as error:
             print(f"edge-aggregator: {error}", file=sys.stderr)
             return 2

@@ -54,11 +54,11 @@ class OffClusterFlow:
 
 
 class ScaledClock:
-    """Flow time that starts at the wall clock and runs `speed` times faster."""
+    """Flow time that starts at `start` (default: the wall clock) and runs `speed` times faster."""
 
-    def __init__(self, speed: float = 1.0) -> None:
+    def __init__(self, speed: float = 1.0, start: float | None = None) -> None:
         self.speed = speed
-        self._start = time.time()
+        self._start = time.time() if start is None else start
         self._started = time.monotonic()
 
     def __call__(self) -> float:
@@ -187,9 +187,10 @@ class Simulator:
         seed: int = 1,
         speed: float = 1.0,
         new_edge_every: int = 20,
+        start: float | None = None,
     ) -> None:
         self.model = ClusterModel(namespaces=namespaces, seed=seed)
-        self.clock = ScaledClock(speed)
+        self.clock = ScaledClock(speed, start)
         self._rng = random.Random(seed + 1)
         self._rate = rate
         self._new_edge_every = new_edge_every

@@ -15,9 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from aggregator.buffer import Batch
+from aggregator.daemon import simulation_start
 from aggregator.goldmane_client import open_channel, stream_flows
 from aggregator.mapping import NOT_NAMESPACED
-from aggregator.simulator import FIXED_NAMESPACES, ClusterModel, Simulator
+from aggregator.simulator import FIXED_NAMESPACES, ClusterModel, ScaledClock, Simulator
+from aggregator.store.ingest import IngestStore
 from aggregator.wire import goldmane_pb2 as pb
 from tests.harness import wait_until
 
@@ -134,6 +137,22 @@ def embedded_edges(env: dict[str, str]) -> list[tuple[str, str, str]]:
     import json
 
     return [tuple(row) for row in json.loads(out.stdout)]
+
+
+def test_a_first_simulation_starts_at_the_wall_clock(database_url: str) -> None:
+    before = time.time()
+    assert before <= simulation_start(database_url) <= time.time()
+
+
+def test_a_new_simulation_starts_where_an_earlier_ones_progress_got_to(database_url: str) -> None:
+    # An earlier run at --speed 30 for a minute stored progress half an hour ahead.
+    ahead = int(time.time()) // 15 * 15 + 1800
+    with IngestStore.open(database_url) as store:
+        store.migrate()
+        store.write(Batch({}, ahead))
+    start = simulation_start(database_url)
+    assert start == ahead
+    assert ahead <= ScaledClock(30, start)() < ahead + 60
 
 
 def test_a_short_simulated_run_fills_the_embedded_database(embedded_home: dict[str, str]) -> None:
