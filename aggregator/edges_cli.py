@@ -25,6 +25,7 @@ from aggregator.edges_output import (
     render_peers,
 )
 from aggregator.embedded import resolve_database_url
+from aggregator.logs import stdout_reader_gone
 from aggregator.mapping import is_namespace_name
 from aggregator.settings import SettingsError, load_database_url, redact_url
 from aggregator.store.connection import StoreError, describe_error
@@ -438,9 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(sys.argv[1:] if argv is None else list(argv))
     except BrokenPipeError:
-        # `edges | head`: the reader left; point stdout at nothing so the exit flush is quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        stdout_reader_gone()  # `edges | head`
         return EXIT_OK
     except KeyboardInterrupt:
         _say("interrupted")

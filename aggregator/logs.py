@@ -1,9 +1,11 @@
-"""Logging set-up shared by every command: one event per line, JSON off a terminal."""
+"""Output set-up shared by every command: log events one per line (JSON off a terminal), and a
+quiet exit when the reader of stdout has gone (`edges | head`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -67,3 +69,9 @@ def configure_logging(
     # webhook URL is a secret) at INFO.
     for noisy in ("grpc", "psycopg", "pgserver", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def stdout_reader_gone() -> None:
+    """After a BrokenPipeError: point stdout at nothing, so that the exit's flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 
 from aggregator.embedded import resolve_database_url
-from aggregator.logs import configure_logging
+from aggregator.logs import configure_logging, stdout_reader_gone
 from aggregator.settings import SettingsError, load_digest_settings
 from aggregator.store.connection import StoreError
 from aggregator.store.digest_queries import DigestBusy, DigestStore
@@ -191,6 +191,9 @@ def main(
         return _fail(f"database: {error}", EXIT_DATABASE, secret)
     except SettingsError as error:
         return _fail(str(error), EXIT_USAGE, secret)
+    except BrokenPipeError:
+        stdout_reader_gone()  # `edges-digest --dry-run | head`
+        return EXIT_OK
     except Exception as error:
         return _fail(f"internal error: {type(error).__name__}: {error}", EXIT_INTERNAL, secret)
     return EXIT_OK
