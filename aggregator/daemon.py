@@ -429,11 +429,14 @@ _ENV_FLAGS = {
 }
 
 
+def _check_simulator_args(args: argparse.Namespace) -> None:
+    if args.namespaces < 12 or args.rate <= 0 or not 0.1 <= args.speed <= 1000:
+        raise SettingsError("--namespaces must be >= 12, --rate > 0, --speed from 0.1 to 1000")
+
+
 def _start_simulator(
     args: argparse.Namespace, database_url: str
 ) -> tuple[Simulator, GoldmaneSettings]:
-    if args.namespaces < 12 or args.rate <= 0 or not 0.1 <= args.speed <= 1000:
-        raise SettingsError("--namespaces must be >= 12, --rate > 0, --speed from 0.1 to 1000")
     try:
         simulator = Simulator(
             namespaces=args.namespaces,
@@ -449,6 +452,11 @@ def _start_simulator(
         ) from None
 
 
+# The most a simulation may have run ahead of the wall clock: a week of flow time is 5.6 hours
+# at --speed 30.
+_SIMULATION_LEAD_SECONDS: Final = 7 * 86_400
+
+
 def simulation_start(database_url: str) -> float:
     """Where a simulated cluster's time starts: now, or where an earlier simulation got to.
 
@@ -462,7 +470,14 @@ def simulation_start(database_url: str) -> float:
             progress = store.load_progress()
     except (StoreError, psycopg.Error):
         return now  # no trail yet; or no database, which the daemon reports and waits for
-    return max(now, progress or 0)
+    if progress is None or not now < progress <= now + _SIMULATION_LEAD_SECONDS:
+        # Further ahead is no simulation's: the daemon says so ("progress is ahead").
+        return now
+    log.info(
+        "the simulated cluster goes on from where the last simulation stopped",
+        extra={"ahead_of_wall_clock_s": round(progress - now)},
+    )
+    return progress
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(load_log_format(env))
             goldmane, database_url = None, None
             if args.simulate:
+                _check_simulator_args(args)
                 database_url = resolve_database_url(load_database_url(env))
                 simulator, goldmane = _start_simulator(args, database_url)
             settings = load_daemon_settings(env, goldmane=goldmane)

@@ -170,6 +170,7 @@ def main(
             store = stack.enter_context(DigestStore.open(database_url))
             store.migrate()
             run_digest(store, poster, options, out=sys.stdout)
+            sys.stdout.flush()  # here, where a reader that left is caught, not at exit
     except SlackRejected as error:
         hint = _HINTS.get(error.error, "check the webhook and the channel")
         return _fail(

@@ -662,19 +662,22 @@ def test_the_command_without_a_webhook_exits_2_with_one_line() -> None:
     assert "SLACK_WEBHOOK_URL is not set" in result.stderr
 
 
-def test_a_dry_run_whose_reader_leaves_early_exits_quietly(database_url: str, db: Conn) -> None:
+@pytest.mark.parametrize("edges", [3000, 1])
+def test_a_dry_run_whose_reader_leaves_early_exits_quietly(
+    database_url: str, db: Conn, edges: int
+) -> None:
     with connect(database_url, application_name="test") as conn:
         migrate(conn)
-    add_many(db, 3000)  # a preview far longer than a pipe holds
+    # 3,000: a preview far longer than a pipe holds; 1: one that only the final flush writes.
+    add_many(db, edges)
     env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url}
     command = [sys.executable, "-m", "digest.cli", "--dry-run"]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
         assert run.stdout is not None and run.stderr is not None
-        run.stdout.read(100)  # `edges-digest --dry-run | head -c 100`
-        run.stdout.close()
+        run.stdout.close()  # `edges-digest --dry-run | true`
         err = run.stderr.read().decode()
     assert run.returncode == 0, err
-    assert "error" not in err
+    assert "rror" not in err
 
 
 def test_the_command_posts_and_never_prints_the_webhook_url(

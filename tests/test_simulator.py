@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from aggregator.buffer import Batch
+from aggregator.daemon import main as daemon_main
 from aggregator.daemon import simulation_start
 from aggregator.goldmane_client import open_channel, stream_flows
 from aggregator.mapping import NOT_NAMESPACED
@@ -153,6 +154,24 @@ def test_a_new_simulation_starts_where_an_earlier_ones_progress_got_to(database_
     start = simulation_start(database_url)
     assert start == ahead
     assert ahead <= ScaledClock(30, start)() < ahead + 60
+
+
+def test_progress_further_ahead_than_any_simulation_is_not_followed(database_url: str) -> None:
+    poisoned = 2_758_000_000  # 2057
+    with IngestStore.open(database_url) as store:
+        store.migrate()
+        store.write(Batch({}, poisoned))
+    assert simulation_start(database_url) < time.time() + 1
+
+
+def test_bad_simulator_arguments_are_refused_before_any_database_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert daemon_main(["--simulate", "--speed", "0"]) == 2
+    assert "--speed from 0.1 to 1000" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_short_simulated_run_fills_the_embedded_database(embedded_home: dict[str, str]) -> None:

@@ -12,7 +12,7 @@ from aggregator.store.connection import Connection, StoreError, describe_error
 # Any fixed number works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK_KEY = 0x6564676573  # "edges"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-LOCK_WAIT_SECONDS = 30.0
+LOCK_WAIT_SECONDS = 10.0
 
 
 def _describe(error: psycopg.Error) -> str:
@@ -49,9 +49,9 @@ def migrate(
 
     One transaction under an advisory lock: two processes starting together
     apply each migration once, and a failing migration leaves nothing half-done.
-    A table lock not granted within `lock_wait` seconds fails the attempt (the
-    daemon logs it and tries again) rather than wait unseen behind someone's
-    open transaction.
+    A lock not granted within `lock_wait` seconds (the migration lock, or a
+    table's behind someone's open transaction) fails the attempt, with a line
+    saying which; the daemon logs it and tries again.
     """
     try:
         return _apply_pending(conn, directory, lock_wait)
@@ -62,11 +62,17 @@ def migrate(
 def _apply_pending(conn: Connection, directory: Path | None, lock_wait: float) -> list[int]:
     applied_now = []
     with conn.transaction():
-        # Waited for as long as it takes: another process may be running a long migration.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        # Bounded, so that a stop at start-up is not stuck behind it; the daemon tries again.
         conn.execute(
             "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_wait * 1000))}ms",)
         )
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise StoreError(
+                "cannot apply migrations: another process has been applying them for over"
+                f" {lock_wait:g} s"
+            ) from None
         # Looked up first: CREATE ... IF NOT EXISTS needs the right to create in the schema even
         # when the table is there, and a role that may only read and write must still start.
         if conn.execute("SELECT to_regclass('edge_aggregator_migration')").fetchone() == (None,):
