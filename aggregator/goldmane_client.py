@@ -69,9 +69,15 @@ def resume_point(sealed_until: int | None, now: float) -> int:
 def _read(path_name: str, path: object) -> bytes:
     try:
         with open(str(path), "rb") as file:
-            return file.read()
+            pem = file.read()
     except OSError as error:
         raise StreamFailure(STEP_CERTS, f"{path_name} {path}: {error.strerror}") from None
+    # gRPC aborts the whole process on an empty certificate or key (a failed CHECK in its C
+    # core), so a file caught half-written, or a Secret with an empty key, stops here.
+    if b"-----BEGIN " not in pem:
+        detail = "is empty" if not pem.strip() else "holds no PEM block"
+        raise StreamFailure(STEP_CERTS, f"{path_name} {path} {detail}")
+    return pem
 
 
 def open_channel(settings: GoldmaneSettings) -> grpc.Channel:

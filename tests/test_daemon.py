@@ -362,6 +362,26 @@ def test_a_key_file_that_vanishes_is_retried_until_it_returns(
         assert running.stop() == 0
 
 
+def test_a_certificate_file_found_empty_is_retried_until_it_is_whole(
+    goldmane: tuple[GoldmaneServer, int],
+    clock: ManualClock,
+    pki: Pki,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    server, port = goldmane
+    cert = tmp_path / "tls.crt"
+    cert.write_bytes(b"")  # a Secret caught half-written
+    running = RunningDaemon.start(daemon_settings(pki, port, database_url, cert_file=cert), clock)
+    try:
+        wait_until(lambda: failures_at(running, STEP_CERTS) >= 1, what="certificate read failure")
+        assert running.thread.is_alive()
+        shutil.copy(pki.client_cert, cert)
+        wait_until(lambda: len(server.requests) == 1, what="stream once the file is whole")
+    finally:
+        assert running.stop() == 0
+
+
 def test_an_idle_clusters_last_bucket_is_recorded_without_newer_flows(
     goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str
 ) -> None:

@@ -76,6 +76,20 @@ def test_an_unreadable_key_file_fails_at_the_certificate_step_without_its_conten
     assert "PRIVATE KEY" not in str(caught.value)
 
 
+@pytest.mark.parametrize("setting", ["ca_file", "cert_file", "key_file"])
+@pytest.mark.parametrize(("content", "says"), [(b"", "is empty"), (b"junk\n", "no PEM")])
+def test_an_empty_or_non_pem_file_fails_at_the_certificate_step(
+    pki: Pki, tmp_path: Path, setting: str, content: bytes, says: str
+) -> None:
+    # Handed to gRPC, an empty certificate or key aborts the process.
+    path = tmp_path / "file.pem"
+    path.write_bytes(content)
+    with pytest.raises(StreamFailure) as caught:
+        open_channel(settings_for(pki, **{setting: path}))
+    assert caught.value.step == STEP_CERTS
+    assert says in str(caught.value)
+
+
 def test_a_refused_connection_fails_at_the_connect_step(pki: Pki) -> None:
     channel = open_channel(settings_for(pki, insecure=True))
     try:
