@@ -37,6 +37,7 @@ from aggregator.store.edge_queries import (
     Action,
     DatabaseRefused,
     DatabaseUnreachable,
+    DatabaseUrlRefused,
     EdgeQuery,
     EdgeReader,
     NoEdgeTable,
@@ -179,7 +180,7 @@ def _time_arg(now: datetime) -> Callable[[str], datetime]:
 
 
 def _limit_arg(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to {MAX_LIMIT}")
     return int(value)
 
@@ -417,6 +418,9 @@ def _run(argv: Sequence[str]) -> int:
     except DatabaseUnreachable as error:
         _say(f"{error} ({where})")
         return EXIT_UNREACHABLE
+    except DatabaseUrlRefused as error:
+        _say(f"DATABASE_URL: {error} ({where})")
+        return EXIT_USAGE
     except DatabaseRefused as error:
         _say(f"{error} ({where})")
         return EXIT_REFUSED

@@ -719,6 +719,8 @@ def one_line(run: Run) -> str:
         (["--seen-since="], "edges: argument --seen-since: '' is neither"),
         (["--limit", "0"], "edges: argument --limit: '0' is not a whole number"),
         (["--limit", "ten"], "edges: argument --limit: 'ten' is not a whole number"),
+        (["--limit", "²"], "edges: argument --limit: '²' is not a whole number"),
+        (["--limit", "٣"], "edges: argument --limit: '٣' is not a whole number"),
         (["--action", "drop"], "edges: argument --action: invalid choice: 'drop'"),
         (["--format", "xml"], "edges: argument --format: invalid choice: 'xml'"),
         (["--sort", "size"], "edges: argument --sort: invalid choice: 'size'"),
@@ -799,6 +801,18 @@ def test_a_refused_login_exits_4_without_the_password(
     run = edges("--denied")
     assert run.code == EXIT_REFUSED
     assert "no_such_role" in one_line(run)
+    assert "s3cret" not in run.err
+
+
+def test_a_setting_libpq_refuses_in_the_database_url_is_a_usage_error(
+    edges: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://edges:s3cret@127.0.0.1:1/edges?sslmode=bogus")
+    run = edges("--denied")
+    assert run.code == EXIT_USAGE
+    line = one_line(run)
+    assert line.startswith("edges: DATABASE_URL: cannot connect to PostgreSQL")
+    assert 'invalid sslmode value: "bogus"' in line
     assert "s3cret" not in run.err
 
 

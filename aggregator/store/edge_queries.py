@@ -44,6 +44,10 @@ class DatabaseRefused(StoreError):
     """PostgreSQL answered but refused us: authentication, role or database name."""
 
 
+class DatabaseUrlRefused(StoreError):
+    """libpq refused a setting in the URL itself (`sslmode=bogus`): nothing was sent."""
+
+
 class NoEdgeTable(StoreError):
     """The database has no `edge` table: no aggregator has run against it yet."""
 
@@ -265,6 +269,11 @@ def allowlist_statements(
     ]
 
 
+# libpq reports these about the URL's own settings, before it connects.
+_BAD_URL_SETTING = re.compile(
+    r"invalid \S+ value|invalid connection option|invalid integer value|invalid URI",
+    re.IGNORECASE,
+)
 # libpq reports these when the server answered and said no; anything else never got an answer.
 _REFUSED = re.compile(
     r"authentication failed|no pg_hba\.conf entry|no password supplied"
@@ -284,11 +293,18 @@ class EdgeReader:
 
     @classmethod
     def open(cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Self:
-        """Connect; a failure is DatabaseRefused or DatabaseUnreachable, without the password."""
+        """Connect; a failure is DatabaseUrlRefused, DatabaseRefused or DatabaseUnreachable.
+
+        None of them carries the password.
+        """
         try:
             conn = connect(url, application_name="edges")
         except StoreError as error:
-            kind = DatabaseRefused if _REFUSED.search(str(error)) else DatabaseUnreachable
+            kind: type[StoreError] = DatabaseUnreachable
+            if _BAD_URL_SETTING.search(str(error)):
+                kind = DatabaseUrlRefused
+            elif _REFUSED.search(str(error)):
+                kind = DatabaseRefused
             raise kind(str(error)) from None
         return cls(conn, timeout_seconds=timeout_seconds)
 
