@@ -266,10 +266,10 @@ class Daemon:
             )
             self.buffer.consume(results)
         finally:
-            self._set_stream_connected(False)
+            channel.unsubscribe(self._on_connectivity)
             with self._lock:
                 self._call = None
-            channel.unsubscribe(self._on_connectivity)
+                self._set_stream_connected(False)
             dropped = self.buffer.discard_open()
             if dropped:
                 log.info(
@@ -284,13 +284,16 @@ class Daemon:
             self._channel_closer.start()
 
     def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        if state is grpc.ChannelConnectivity.READY:
-            self._set_stream_connected(True)
-        elif state in (
-            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-            grpc.ChannelConnectivity.SHUTDOWN,
-        ):
-            self._set_stream_connected(False)
+        # Under the lock, and READY only while a stream is open: a callback that comes late,
+        # after the stream ended, must not leave /readyz saying connected through the backoff.
+        with self._lock:
+            if state is grpc.ChannelConnectivity.READY and self._call is not None:
+                self._set_stream_connected(True)
+            elif state in (
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                grpc.ChannelConnectivity.SHUTDOWN,
+            ):
+                self._set_stream_connected(False)
 
     def _set_stream_connected(self, connected: bool) -> None:
         if connected and not self._stream_connected:

@@ -7,9 +7,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from aggregator.buffer import Batch
+from aggregator.daemon import Daemon
 from aggregator.goldmane_client import RING_REACH_SECONDS, STEP_CERTS, STEP_TLS
 from aggregator.goldmane_server import GoldmaneServer
 from aggregator.pki import Pki, make_pki
@@ -199,6 +201,23 @@ def test_postgres_unreachable_for_several_flushes_loses_nothing(
     finally:
         assert running.stop() == 0
         proxy.close()
+
+
+def test_a_ready_callback_after_the_stream_ended_does_not_mark_it_connected(
+    pki: Pki, database_url: str
+) -> None:
+    # gRPC's connectivity callbacks come from a thread of their own, and may come late.
+    daemon = Daemon(
+        daemon_settings(pki, 1, database_url), database_url=database_url, http_host="127.0.0.1"
+    )
+    try:
+        daemon._on_connectivity(grpc.ChannelConnectivity.READY)  # no stream open
+        assert "stream to Goldmane not connected" in daemon.not_ready_reasons()
+        registry = daemon.metrics.registry
+        assert registry.get_sample_value("edge_aggregator_stream_connected") == 0
+    finally:
+        daemon._health.start()
+        daemon._health.close()
 
 
 def test_health_endpoints_report_liveness_readiness_and_metrics(
