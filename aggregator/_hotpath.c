@@ -5,6 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Reads a varint of at most 10 bytes; returns the position after it, or NULL. */
 static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end,
@@ -137,6 +138,289 @@ static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
     return head;
 }
 
+/* --- KeyTable: serialised FlowKey -> verdict, looked up by the key's bytes in place --------
+ *
+ * A dict would need a bytes object per lookup (an allocation and a copy of a ~250-byte key)
+ * and SipHash over it; together they cost about as much as the rest of count_known. This
+ * table hashes the key where it lies in the message, with a multiply-fold hash keyed by a
+ * random seed (so that keys chosen to collide cannot be made without knowing it), and
+ * compares the bytes on a hash match. Open addressing, linear probing, at most half full.
+ */
+
+typedef struct {
+    uint64_t hash;
+    PyObject *key;   /* bytes, owned; NULL in an empty slot */
+    PyObject *value; /* owned */
+} KeyEntry;
+
+typedef struct {
+    PyObject_HEAD
+    KeyEntry *entries;
+    size_t capacity; /* a power of two */
+    Py_ssize_t used;
+    uint64_t seed;
+} KeyTable;
+
+#define KEY_TABLE_MIN_CAPACITY 64
+
+static inline uint64_t fold_multiply(uint64_t a, uint64_t b) {
+#ifdef __SIZEOF_INT128__
+    __uint128_t product = (__uint128_t)a * b;
+    return (uint64_t)product ^ (uint64_t)(product >> 64);
+#else
+    uint64_t a_low = (uint32_t)a, a_high = a >> 32, b_low = (uint32_t)b, b_high = b >> 32;
+    uint64_t cross = a_high * b_low + ((a_low * b_low) >> 32);
+    uint64_t middle = (uint32_t)cross + a_low * b_high;
+    uint64_t high = a_high * b_high + (cross >> 32) + (middle >> 32);
+    return (a * b) ^ high;
+#endif
+}
+
+static inline uint64_t read_word(const uint8_t *p) {
+    uint64_t word;
+    memcpy(&word, p, sizeof word);
+    return word;
+}
+
+static uint64_t hash_key(const uint8_t *p, Py_ssize_t length, uint64_t seed) {
+    const uint64_t odd_1 = 0xa0761d6478bd642fULL, odd_2 = 0xe7037ed1a0b428dbULL;
+    uint64_t hash = seed ^ odd_1;
+    Py_ssize_t left = length;
+    for (; left >= 16; left -= 16, p += 16) {
+        hash = fold_multiply(read_word(p) ^ odd_1, read_word(p + 8) ^ hash);
+    }
+    uint8_t tail[16] = {0};
+    memcpy(tail, p, (size_t)left);
+    hash = fold_multiply(read_word(tail) ^ odd_2, read_word(tail + 8) ^ hash);
+    return fold_multiply(hash ^ odd_1, (uint64_t)length ^ odd_2);
+}
+
+/* The entry that holds the key, or the empty slot where it would go. */
+static KeyEntry *key_table_find(const KeyTable *table, const uint8_t *key, Py_ssize_t length,
+                                uint64_t hash) {
+    size_t mask = table->capacity - 1;
+    for (size_t slot = (size_t)hash & mask;; slot = (slot + 1) & mask) {
+        KeyEntry *entry = &table->entries[slot];
+        if (entry->key == NULL ||
+            (entry->hash == hash && PyBytes_GET_SIZE(entry->key) == length &&
+             memcmp(PyBytes_AS_STRING(entry->key), key, (size_t)length) == 0)) {
+            return entry;
+        }
+    }
+}
+
+static int key_table_allocate(KeyTable *table, size_t capacity) {
+    KeyEntry *entries = PyMem_Calloc(capacity, sizeof(KeyEntry));
+    if (entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    table->entries = entries;
+    table->capacity = capacity;
+    return 0;
+}
+
+static int key_table_grow(KeyTable *table) {
+    KeyEntry *old = table->entries;
+    size_t old_capacity = table->capacity;
+    if (key_table_allocate(table, old_capacity * 2) < 0) {
+        return -1;
+    }
+    for (size_t slot = 0; slot < old_capacity; slot++) {
+        if (old[slot].key != NULL) {
+            size_t mask = table->capacity - 1, to = (size_t)old[slot].hash & mask;
+            while (table->entries[to].key != NULL) {
+                to = (to + 1) & mask;
+            }
+            table->entries[to] = old[slot];
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+static PyObject *key_table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"seed", NULL};
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "K:KeyTable", keywords, &seed)) {
+        return NULL;
+    }
+    KeyTable *table = (KeyTable *)type->tp_alloc(type, 0);
+    if (table == NULL) {
+        return NULL;
+    }
+    table->seed = seed;
+    if (key_table_allocate(table, KEY_TABLE_MIN_CAPACITY) < 0) {
+        Py_DECREF(table);
+        return NULL;
+    }
+    return (PyObject *)table;
+}
+
+/* Drops every key and value; the slots stay allocated. */
+static void key_table_release(KeyTable *table) {
+    if (table->entries == NULL) {
+        return;
+    }
+    for (size_t slot = 0; slot < table->capacity; slot++) {
+        KeyEntry *entry = &table->entries[slot];
+        if (entry->key != NULL) {
+            PyObject *key = entry->key, *value = entry->value;
+            entry->key = entry->value = NULL;
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+    }
+    table->used = 0;
+}
+
+static int key_table_traverse(KeyTable *table, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(table));
+    for (size_t slot = 0; table->entries != NULL && slot < table->capacity; slot++) {
+        Py_VISIT(table->entries[slot].value);
+    }
+    return 0;
+}
+
+static int key_table_tp_clear(KeyTable *table) {
+    key_table_release(table);
+    return 0;
+}
+
+static void key_table_dealloc(KeyTable *table) {
+    PyTypeObject *type = Py_TYPE(table);
+    PyObject_GC_UnTrack(table);
+    key_table_release(table);
+    PyMem_Free(table->entries);
+    type->tp_free(table);
+    Py_DECREF(type);
+}
+
+static int key_of(PyObject *key, const uint8_t **data, Py_ssize_t *length) {
+    if (!PyBytes_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "a KeyTable key is bytes, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    *data = (const uint8_t *)PyBytes_AS_STRING(key);
+    *length = PyBytes_GET_SIZE(key);
+    return 0;
+}
+
+/* The value of `key`, borrowed, or NULL (with no error set) when the table does not hold it. */
+static PyObject *key_table_lookup(const KeyTable *table, const uint8_t *key, Py_ssize_t length) {
+    return key_table_find(table, key, length, hash_key(key, length, table->seed))->value;
+}
+
+static PyObject *key_table_get(KeyTable *table, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get expected 1 or 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    const uint8_t *key;
+    Py_ssize_t length;
+    if (key_of(args[0], &key, &length) < 0) {
+        return NULL;
+    }
+    PyObject *value = key_table_lookup(table, key, length);
+    return Py_NewRef(value != NULL ? value : nargs == 2 ? args[1] : Py_None);
+}
+
+static PyObject *key_table_clear(KeyTable *table, PyObject *Py_UNUSED(ignored)) {
+    key_table_release(table);
+    if (table->capacity > KEY_TABLE_MIN_CAPACITY) {
+        /* Give the memory back: the table fills again only as keys come round. */
+        KeyEntry *old = table->entries;
+        if (key_table_allocate(table, KEY_TABLE_MIN_CAPACITY) < 0) {
+            return NULL;
+        }
+        PyMem_Free(old);
+    }
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t key_table_length(KeyTable *table) { return table->used; }
+
+static int key_table_contains(KeyTable *table, PyObject *key_object) {
+    const uint8_t *key;
+    Py_ssize_t length;
+    if (key_of(key_object, &key, &length) < 0) {
+        return -1;
+    }
+    return key_table_lookup(table, key, length) != NULL;
+}
+
+static PyObject *key_table_subscript(KeyTable *table, PyObject *key_object) {
+    const uint8_t *key;
+    Py_ssize_t length;
+    if (key_of(key_object, &key, &length) < 0) {
+        return NULL;
+    }
+    PyObject *value = key_table_lookup(table, key, length);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_KeyError, key_object);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+static int key_table_assign(KeyTable *table, PyObject *key_object, PyObject *value) {
+    const uint8_t *key;
+    Py_ssize_t length;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "a KeyTable forgets all its keys at once: clear()");
+        return -1;
+    }
+    if (key_of(key_object, &key, &length) < 0) {
+        return -1;
+    }
+    if ((size_t)(table->used + 1) * 2 > table->capacity && key_table_grow(table) < 0) {
+        return -1;
+    }
+    uint64_t hash = hash_key(key, length, table->seed);
+    KeyEntry *entry = key_table_find(table, key, length, hash);
+    if (entry->key == NULL) {
+        entry->key = Py_NewRef(key_object);
+        entry->hash = hash;
+        entry->value = Py_NewRef(value);
+        table->used++;
+    } else {
+        Py_SETREF(entry->value, Py_NewRef(value));
+    }
+    return 0;
+}
+
+static PyMethodDef key_table_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))key_table_get, METH_FASTCALL,
+     "get(key, default=None): the verdict of a serialised FlowKey, or default."},
+    {"clear", (PyCFunction)key_table_clear, METH_NOARGS, "Forget every key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot key_table_slots[] = {
+    {Py_tp_doc, "KeyTable(seed): serialised FlowKey -> verdict, for count_known (see "
+                "aggregator.hotpath)."},
+    {Py_tp_new, key_table_new},
+    {Py_tp_dealloc, key_table_dealloc},
+    {Py_tp_traverse, key_table_traverse},
+    {Py_tp_clear, key_table_tp_clear},
+    {Py_tp_methods, key_table_methods},
+    {Py_mp_length, key_table_length},
+    {Py_mp_subscript, key_table_subscript},
+    {Py_mp_ass_subscript, key_table_assign},
+    {Py_sq_contains, key_table_contains},
+    {0, NULL},
+};
+
+static PyType_Spec key_table_spec = {
+    .name = "aggregator._hotpath.KeyTable",
+    .basicsize = sizeof(KeyTable),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = key_table_slots,
+};
+
+/* Made at import from key_table_spec; count_known checks its argument against it. */
+static PyTypeObject *key_table_type;
+
 /* skipped[reason] += 1 */
 static int count_skip(PyObject *skipped, PyObject *reason) {
     PyObject *count = PyDict_GetItemWithError(skipped, reason);
@@ -190,7 +474,7 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *batch, *verdicts, *open_start_object, *open_end_object, *open_verdicts, *skipped;
     Py_ssize_t index, max_bytes;
     if (!PyArg_ParseTuple(args, "O!nO!OOO!O!n:count_known", &PyList_Type, &batch, &index,
-                          &PyDict_Type, &verdicts, &open_start_object, &open_end_object,
+                          key_table_type, &verdicts, &open_start_object, &open_end_object,
                           &PyDict_Type, &open_verdicts, &PyDict_Type, &skipped, &max_bytes)) {
         return NULL;
     }
@@ -217,19 +501,8 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
                         &key_length, times)) {
             break;
         }
-        PyObject *key_object = PyBytes_FromStringAndSize((const char *)key, key_length);
-        if (key_object == NULL) {
-            return NULL;
-        }
-        PyObject *verdict = PyDict_GetItemWithError(verdicts, key_object);
-        Py_DECREF(key_object);
-        if (verdict == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            break;
-        }
-        if (!has_open || times[0] != open_start || times[1] != open_end) {
+        PyObject *verdict = key_table_lookup((KeyTable *)verdicts, key, key_length);
+        if (verdict == NULL || !has_open || times[0] != open_start || times[1] != open_end) {
             break;
         }
         if (PyTuple_Check(verdict)) {
@@ -260,4 +533,16 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__hotpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__hotpath(void) {
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL) {
+        return NULL;
+    }
+    key_table_type = (PyTypeObject *)PyType_FromSpec(&key_table_spec);
+    if (key_table_type == NULL || PyModule_AddObjectRef(created, "KeyTable",
+                                                        (PyObject *)key_table_type) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}

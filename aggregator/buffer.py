@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from aggregator.hotpath import FlowHead, KeyVerdict, count_known, flow_head
+from aggregator.hotpath import FlowHead, KeyVerdict, count_known, flow_head, new_key_table
 from aggregator.mapping import (
     ACTION_BY_RANK,
     SKIP_BAD_TIME,
@@ -88,37 +88,48 @@ class Batch:
 
 def _key_verdict(connection: Connection, rank: int) -> KeyVerdict:
     """The verdict of a flow key on its connection, with the edge it makes."""
-    return KeyVerdict(repr(connection), rank, (connection[0], connection[2], ACTION_BY_RANK[rank]))
+    edge = (connection[0], connection[2], ACTION_BY_RANK[rank])
+    # Namespaces are RFC 1123 labels (target_of checks) and actions single words: no spaces.
+    return KeyVerdict(repr(connection), rank, edge, " ".join(edge))
 
 
 _EDGE = operator.attrgetter("edge")
+_EDGE_NAME = operator.attrgetter("edge_name")
 
 
 class _SealedCounts:
     """Sealed buckets' edges until the flusher takes them, kept in C-level collections.
 
     A bucket seals in a few collection operations rather than a Python step per
-    connection, which cost as much as receiving the results did. Buckets seal in time order
-    (a newer bucket seals the older ones; anything older than progress is a duplicate), so
-    an edge's first bucket here is its earliest and its last the latest.
+    connection, which cost as much as receiving the results did. Edges are counted under
+    their names, strings whose hash Python keeps: hashing a tuple again for each of these
+    operations cost more than the rest of the seal. Buckets seal in time order (a newer
+    bucket seals the older ones; anything older than progress is a duplicate), so an edge's
+    first bucket here is its earliest and its last the latest.
     """
 
     def __init__(self) -> None:
-        self.connections: Counter[EdgeKey] = Counter()
-        self.first_seen: dict[EdgeKey, int] = {}
-        self.last_seen: dict[EdgeKey, int] = {}
+        self.connections: Counter[str] = Counter()
+        self.first_seen: dict[str, int] = {}
+        self.last_seen: dict[str, int] = {}
+        self.edges: dict[str, EdgeKey] = {}
 
     def add_bucket(self, bucket: _OpenBucket, start: int) -> None:
         # One per connection, with its highest verdict: the edge it counts for.
-        edges = list(map(_EDGE, bucket.verdicts.values()))
-        self.connections.update(edges)
-        self.first_seen = dict.fromkeys(edges, start) | self.first_seen
-        self.last_seen.update(dict.fromkeys(edges, bucket.end))
+        verdicts = bucket.verdicts.values()
+        names = list(map(_EDGE_NAME, verdicts))
+        known = len(self.connections)
+        self.connections.update(names)
+        if len(self.connections) > known:
+            # Only a bucket that brings an edge new to this batch can change a first_seen.
+            self.first_seen = dict.fromkeys(names, start) | self.first_seen
+            self.edges.update(zip(names, map(_EDGE, verdicts), strict=True))
+        self.last_seen.update(dict.fromkeys(names, bucket.end))
 
     def batch(self, sealed_until: int | None) -> Batch:
         totals = {
-            edge: EdgeTotals(self.first_seen[edge], self.last_seen[edge], count)
-            for edge, count in self.connections.items()
+            self.edges[name]: EdgeTotals(self.first_seen[name], self.last_seen[name], count)
+            for name, count in self.connections.items()
         }
         return Batch(totals, sealed_until)
 
@@ -173,7 +184,7 @@ class EdgeBuffer:
         # Buckets this stream sealed on silence alone: more of them means a stalled network.
         self._sealed_by_quiet: set[int] = set()
         # Serialised FlowKey -> what it reports, or why it is skipped.
-        self._key_verdicts: dict[bytes, KeyVerdict | str] = {}
+        self._key_verdicts = new_key_table()
         self._decoded_past_limit = 0
         # Plain counters, read by the metrics collector: no metric call per flow.
         self._counted = 0

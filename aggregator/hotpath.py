@@ -6,9 +6,10 @@ counters included, and then coalescing it in Python cost more than gRPC's own wo
 result, and the receive rate is what decides whether a big cluster's trail is complete. So
 the C helper (`_hotpath.c`, compiled at install when a C compiler is there) finds the three
 by walking the protobuf wire format, the FlowKey stays bytes (the buffer decodes each
-distinct key once and remembers its verdict), and `count_known` counts a run of results
-whose keys are known into the open bucket. Without the C helper, the Python versions below
-give the same counts at a lower rate. tests/test_hotpath.py holds them to that.
+distinct key once and remembers its verdict in a `KeyTable`, which finds it by the key's
+bytes where they lie in the message), and `count_known` counts a run of results whose keys
+are known into the open bucket. Without the C helper, the Python versions below (and a dict
+for the table) give the same counts at a lower rate. tests/test_hotpath.py holds them to that.
 
 The C `flow_head` reads only the simple layout, the one protobuf writes: the FlowResult holds
 field 2 (`flow`) exactly once, and that Flow holds field 1 (`Key`) exactly once, both
@@ -22,8 +23,8 @@ UTF-8, which protobuf refuses, does not stop it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Final, NamedTuple
+import secrets
+from typing import Final, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -42,6 +43,18 @@ class KeyVerdict(NamedTuple):
     """The verdict's rank: a connection counts with the highest rank any of its keys reported."""
     edge: tuple[str, str, str]
     """(src_ns, dst_ns, action): the edge the connection counts for with this verdict."""
+    edge_name: str
+    """The edge as one string, the key it is counted under, for the same reason."""
+
+
+class KeyVerdicts(Protocol):
+    """Serialised FlowKey -> its verdict: the C `KeyTable` where it is built, else a dict."""
+
+    def get(self, key: bytes, /) -> KeyVerdict | str | None: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __setitem__(self, key: bytes, value: KeyVerdict | str, /) -> None: ...
 
 
 def flow_head_python(data: bytes) -> FlowHead | None:
@@ -62,7 +75,7 @@ def flow_head_python(data: bytes) -> FlowHead | None:
 def count_known_python(
     batch: list[bytes],
     index: int,
-    verdicts: Mapping[bytes, KeyVerdict | str],
+    verdicts: KeyVerdicts,
     open_start: int | None,
     open_end: int | None,
     open_verdicts: dict[str, KeyVerdict],
@@ -98,11 +111,21 @@ def count_known_python(
     return index
 
 
+def new_key_table() -> KeyVerdicts:
+    """An empty table of key verdicts, of the kind `count_known` takes."""
+    if _KeyTable is None:
+        return {}
+    # Keyed by a random seed, so that flow keys made to collide cannot be worked out.
+    return _KeyTable(secrets.randbits(64))
+
+
 # The C helper's signatures are in _hotpath.pyi; the fallbacks above must match them.
 try:
+    from aggregator._hotpath import KeyTable as _KeyTable
     from aggregator._hotpath import count_known as count_known
     from aggregator._hotpath import flow_head as flow_head
 except ImportError:  # no C compiler at install: the same counts, slower
+    _KeyTable = None  # type: ignore[assignment,misc]
     count_known, flow_head = count_known_python, flow_head_python
-COMPILED: Final = count_known is not count_known_python
+COMPILED: Final = _KeyTable is not None
 """Whether the C helper is in use (the daemon logs it: it decides the receive rate)."""

@@ -159,6 +159,19 @@ def test_one_connection_counts_once_per_bucket_and_times_are_flow_times() -> Non
     }
 
 
+def test_each_edge_in_a_batch_keeps_its_own_first_and_last_bucket() -> None:
+    buffer = new_buffer()
+    edges_by_bucket = [["frontend", "batch"], ["frontend", "billing"], ["frontend", "billing"]]
+    for bucket, sources in enumerate(edges_by_bucket):
+        for src_ns in sources:
+            add(buffer, flow_result(src_ns, start=T0 + bucket * BUCKET))
+    assert sealed_edges(buffer) == {
+        ("frontend", "api", "allow"): EdgeTotals(T0, T0 + 3 * BUCKET, 3),
+        ("batch", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1),
+        ("billing", "api", "allow"): EdgeTotals(T0 + BUCKET, T0 + 3 * BUCKET, 2),
+    }
+
+
 def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
     buffer = new_buffer()
     add(buffer, flow_result(start=T0))

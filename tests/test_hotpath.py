@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from aggregator import buffer as buffer_module
 from aggregator import hotpath
 from aggregator.buffer import MAX_RESULT_BYTES, EdgeBuffer
-from aggregator.hotpath import KeyVerdict, count_known_python, flow_head_python
+from aggregator.hotpath import KeyVerdict, KeyVerdicts, count_known_python, flow_head_python
 from aggregator.mapping import SKIP_UNDECODABLE
 from aggregator.wire import goldmane_pb2 as pb
 from tests.flows import BUCKET, flow_result
@@ -174,7 +174,9 @@ def test_the_c_flow_head_refuses_what_protobuf_refuses_in_the_fields_it_walks() 
             pb.FlowResult.FromString(refused)
         assert hotpath.flow_head(refused) is None, refused.hex()
     with pytest.raises(ValueError, match="negative"):
-        hotpath.count_known([flow], -1, {}, None, None, {}, {}, MAX_RESULT_BYTES)
+        hotpath.count_known(
+            [flow], -1, hotpath.new_key_table(), None, None, {}, {}, MAX_RESULT_BYTES
+        )
 
 
 @compiled
@@ -195,12 +197,59 @@ def test_the_python_flow_head_is_what_protobuf_decodes() -> None:
     assert flow_head_python(b"\xff\xff") is None
 
 
+# --- KeyTable -----------------------------------------------------------------------------------
+
+
+def _random_keys(rng: random.Random, count: int) -> list[bytes]:
+    """Keys of every length up to 40 (the hash reads 16 bytes at a time), many sharing prefixes."""
+    keys = {b""}
+    while len(keys) < count:
+        length = rng.randrange(41)
+        prefix = rng.choice(sorted(keys))[:length]
+        keys.add(prefix + rng.randbytes(length - len(prefix)))
+    return sorted(keys)
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(4))
+def test_the_key_table_holds_what_a_dict_holds(seed: int) -> None:
+    rng = random.Random(seed)
+    table = hotpath.new_key_table()
+    expected: dict[bytes, str] = {}
+    keys = _random_keys(rng, 3_000)  # past several doublings of the table
+    for round_number in range(3):
+        for key in rng.sample(keys, len(keys)):
+            value = f"{key.hex()}/{rng.randrange(3)}"
+            table[key] = expected[key] = value
+            assert table.get(key) == value
+        assert len(table) == len(expected)
+        assert all(table.get(key) == value for key, value in expected.items())
+        assert table.get(b"not a key of this table, longer than any of them") is None
+        if round_number == 1:
+            table.clear()
+            expected.clear()
+            assert len(table) == 0
+            assert all(key not in table for key in keys)
+
+
+@compiled
+def test_the_key_table_refuses_what_is_not_a_key() -> None:
+    table = hotpath.new_key_table()
+    table[b"k"] = "self_edge"
+    with pytest.raises(TypeError, match="bytes, not str"):
+        table.get("k")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="clear"):
+        del table[b"k"]  # type: ignore[attr-defined]
+    assert table.get(b"k") == "self_edge"
+
+
 # --- count_known --------------------------------------------------------------------------------
 
 
 def _count_known_case(
     seed: int,
 ) -> tuple[list[bytes], dict[bytes, KeyVerdict | str], dict[str, KeyVerdict]]:
+    """A batch of results in every layout, and verdicts for most of their keys (as a dict)."""
     rng = random.Random(seed)
     results = [_random_result(rng) for _ in range(40)]
     batch = [data for result in results for data in list(_layouts(rng, result))[:3]]
@@ -211,15 +260,23 @@ def _count_known_case(
             connection = repr((key.source_namespace, key.dest_namespace, key.dest_port))
             edge = (key.source_namespace, key.dest_namespace, "allow")
             verdicts[key.SerializeToString()] = rng.choice(
-                [KeyVerdict(connection, rng.randrange(4), edge), "self_edge"]
+                [KeyVerdict(connection, rng.randrange(4), edge, repr(edge)), "self_edge"]
             )
     return batch, verdicts, {}
+
+
+def _key_table(verdicts: dict[bytes, KeyVerdict | str]) -> KeyVerdicts:
+    table = hotpath.new_key_table()
+    for key, verdict in verdicts.items():
+        table[key] = verdict
+    return table
 
 
 def _run_count_known(
     count_known: Callable[..., int], seed: int
 ) -> tuple[list[int], dict[str, KeyVerdict], dict[str, int]]:
-    batch, verdicts, open_verdicts = _count_known_case(seed)
+    batch, verdict_dict, open_verdicts = _count_known_case(seed)
+    verdicts = verdict_dict if count_known is count_known_python else _key_table(verdict_dict)
     skipped: dict[str, int] = {}
     stops = []
     index = 0
@@ -244,7 +301,8 @@ def test_count_known_stops_where_the_buffer_must_apply_every_rule(
 ) -> None:
     known = flow_result(start=T0)
     key = known.flow.Key.SerializeToString()
-    verdict = KeyVerdict("c", 2, ("frontend", "api", "allow"))
+    edge = ("frontend", "api", "allow")
+    verdict = KeyVerdict("c", 2, edge, repr(edge))
     unknown = flow_result(src_ns="other", start=T0)
     later = flow_result(start=T0 + BUCKET)
     oversized = flow_result(start=T0)
@@ -258,13 +316,14 @@ def test_count_known_stops_where_the_buffer_must_apply_every_rule(
         oversized.SerializeToString(),
     ]
     open_verdicts: dict[str, KeyVerdict] = {}
-    assert count(batch, 0, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 1
+    known_keys = _key_table({key: verdict})
+    assert count(batch, 0, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 1
     assert open_verdicts == {"c": verdict}
-    assert count(batch, 2, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 2
-    assert count(batch, 3, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 3
-    assert count(batch, 4, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, limit) == 4
-    assert count(batch, 4, {key: verdict}, T0, T0 + BUCKET, open_verdicts, {}, 2 * limit) == 5
-    assert count(batch, 0, {key: verdict}, None, None, open_verdicts, {}, limit) == 0
+    assert count(batch, 2, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 2
+    assert count(batch, 3, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 3
+    assert count(batch, 4, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 4
+    assert count(batch, 4, known_keys, T0, T0 + BUCKET, open_verdicts, {}, 2 * limit) == 5
+    assert count(batch, 0, known_keys, None, None, open_verdicts, {}, limit) == 0
 
 
 # --- the buffer on either implementation ---------------------------------------------------------
@@ -299,6 +358,7 @@ def _use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> Non
     if receive_path == "python":
         monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
         monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+        monkeypatch.setattr(buffer_module, "new_key_table", dict)
 
 
 @pytest.mark.parametrize("seed", range(3))
