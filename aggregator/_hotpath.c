@@ -142,9 +142,11 @@ static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
  *
  * A dict would need a bytes object per lookup (an allocation and a copy of a ~250-byte key)
  * and SipHash over it; together they cost about as much as the rest of count_known. This
- * table hashes the key where it lies in the message, with a multiply-fold hash keyed by a
- * random seed (so that keys chosen to collide cannot be made without knowing it), and
- * compares the bytes on a hash match. Open addressing, linear probing, at most half full.
+ * table hashes the key where it lies in the message, with a multiply-fold hash whose every
+ * constant comes from a random seed (with a known constant, a word equal to it would zero
+ * the product and the hash state with it, so that keys made to collide under any seed are
+ * easy to write), and compares the bytes on a hash match. Open addressing, linear probing,
+ * at most half full.
  */
 
 typedef struct {
@@ -158,7 +160,7 @@ typedef struct {
     KeyEntry *entries;
     size_t capacity; /* a power of two */
     Py_ssize_t used;
-    uint64_t seed;
+    uint64_t secrets[3]; /* from the seed */
 } KeyTable;
 
 #define KEY_TABLE_MIN_CAPACITY 64
@@ -182,17 +184,24 @@ static inline uint64_t read_word(const uint8_t *p) {
     return word;
 }
 
-static uint64_t hash_key(const uint8_t *p, Py_ssize_t length, uint64_t seed) {
-    const uint64_t odd_1 = 0xa0761d6478bd642fULL, odd_2 = 0xe7037ed1a0b428dbULL;
-    uint64_t hash = seed ^ odd_1;
+/* SplitMix64's output function: a bijection that spreads every bit of its input. */
+static uint64_t split_mix(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t hash_key(const uint8_t *p, Py_ssize_t length, const uint64_t *secrets) {
+    uint64_t hash = secrets[0];
     Py_ssize_t left = length;
     for (; left >= 16; left -= 16, p += 16) {
-        hash = fold_multiply(read_word(p) ^ odd_1, read_word(p + 8) ^ hash);
+        hash = fold_multiply(read_word(p) ^ secrets[1], read_word(p + 8) ^ hash);
     }
     uint8_t tail[16] = {0};
     memcpy(tail, p, (size_t)left);
-    hash = fold_multiply(read_word(tail) ^ odd_2, read_word(tail + 8) ^ hash);
-    return fold_multiply(hash ^ odd_1, (uint64_t)length ^ odd_2);
+    hash = fold_multiply(read_word(tail) ^ secrets[2], read_word(tail + 8) ^ hash);
+    return fold_multiply(hash ^ secrets[1], (uint64_t)length ^ secrets[2]);
 }
 
 /* The entry that holds the key, or the empty slot where it would go. */
@@ -249,7 +258,10 @@ static PyObject *key_table_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     if (table == NULL) {
         return NULL;
     }
-    table->seed = seed;
+    uint64_t state = seed;
+    for (int i = 0; i < 3; i++) {
+        table->secrets[i] = split_mix(&state);
+    }
     if (key_table_allocate(table, KEY_TABLE_MIN_CAPACITY) < 0) {
         Py_DECREF(table);
         return NULL;
@@ -257,23 +269,32 @@ static PyObject *key_table_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     return (PyObject *)table;
 }
 
-/* Drops every key and value; the slots stay allocated. */
-static void key_table_release(KeyTable *table) {
-    if (table->entries == NULL) {
-        return;
-    }
-    for (size_t slot = 0; slot < table->capacity; slot++) {
-        KeyEntry *entry = &table->entries[slot];
-        if (entry->key != NULL) {
-            PyObject *key = entry->key, *value = entry->value;
-            entry->key = entry->value = NULL;
-            Py_DECREF(key);
-            Py_DECREF(value);
-        }
-    }
+/* Puts `fresh` (empty) in place of the table's entries, then drops the old ones: a finalizer
+ * that a drop runs sees an empty table that works, as with a dict. */
+static void key_table_replace(KeyTable *table, KeyEntry *fresh, size_t capacity) {
+    KeyEntry *old = table->entries;
+    size_t old_capacity = table->capacity;
+    table->entries = fresh;
+    table->capacity = capacity;
     table->used = 0;
+    for (size_t slot = 0; old != NULL && slot < old_capacity; slot++) {
+        Py_XDECREF(old[slot].key);
+        Py_XDECREF(old[slot].value);
+    }
+    PyMem_Free(old);
 }
 
+/* Empties the table into a new minimal one; -1 (nothing dropped) when there is no memory. */
+static int key_table_empty(KeyTable *table) {
+    KeyEntry *fresh = PyMem_Calloc(KEY_TABLE_MIN_CAPACITY, sizeof(KeyEntry));
+    if (fresh == NULL) {
+        return -1;
+    }
+    key_table_replace(table, fresh, KEY_TABLE_MIN_CAPACITY);
+    return 0;
+}
+
+/* Keys are exact bytes (a copy is kept of a subclass): only values can lead to a cycle. */
 static int key_table_traverse(KeyTable *table, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(table));
     for (size_t slot = 0; table->entries != NULL && slot < table->capacity; slot++) {
@@ -283,15 +304,15 @@ static int key_table_traverse(KeyTable *table, visitproc visit, void *arg) {
 }
 
 static int key_table_tp_clear(KeyTable *table) {
-    key_table_release(table);
+    /* Without memory, the cycle stays for a later collection to break. */
+    key_table_empty(table);
     return 0;
 }
 
 static void key_table_dealloc(KeyTable *table) {
     PyTypeObject *type = Py_TYPE(table);
     PyObject_GC_UnTrack(table);
-    key_table_release(table);
-    PyMem_Free(table->entries);
+    key_table_replace(table, NULL, 0);
     type->tp_free(table);
     Py_DECREF(type);
 }
@@ -308,7 +329,7 @@ static int key_of(PyObject *key, const uint8_t **data, Py_ssize_t *length) {
 
 /* The value of `key`, borrowed, or NULL (with no error set) when the table does not hold it. */
 static PyObject *key_table_lookup(const KeyTable *table, const uint8_t *key, Py_ssize_t length) {
-    return key_table_find(table, key, length, hash_key(key, length, table->seed))->value;
+    return key_table_find(table, key, length, hash_key(key, length, table->secrets))->value;
 }
 
 static PyObject *key_table_get(KeyTable *table, PyObject *const *args, Py_ssize_t nargs) {
@@ -326,14 +347,8 @@ static PyObject *key_table_get(KeyTable *table, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *key_table_clear(KeyTable *table, PyObject *Py_UNUSED(ignored)) {
-    key_table_release(table);
-    if (table->capacity > KEY_TABLE_MIN_CAPACITY) {
-        /* Give the memory back: the table fills again only as keys come round. */
-        KeyEntry *old = table->entries;
-        if (key_table_allocate(table, KEY_TABLE_MIN_CAPACITY) < 0) {
-            return NULL;
-        }
-        PyMem_Free(old);
+    if (key_table_empty(table) < 0) {
+        return PyErr_NoMemory();
     }
     Py_RETURN_NONE;
 }
@@ -373,17 +388,26 @@ static int key_table_assign(KeyTable *table, PyObject *key_object, PyObject *val
     if (key_of(key_object, &key, &length) < 0) {
         return -1;
     }
-    if ((size_t)(table->used + 1) * 2 > table->capacity && key_table_grow(table) < 0) {
+    /* Made before the slot is found: making it may run a collection, and so Python code. */
+    PyObject *stored_key = PyBytes_CheckExact(key_object)
+                               ? Py_NewRef(key_object)
+                               : PyBytes_FromStringAndSize((const char *)key, length);
+    if (stored_key == NULL) {
         return -1;
     }
-    uint64_t hash = hash_key(key, length, table->seed);
+    if ((size_t)(table->used + 1) * 2 > table->capacity && key_table_grow(table) < 0) {
+        Py_DECREF(stored_key);
+        return -1;
+    }
+    uint64_t hash = hash_key(key, length, table->secrets);
     KeyEntry *entry = key_table_find(table, key, length, hash);
     if (entry->key == NULL) {
-        entry->key = Py_NewRef(key_object);
+        entry->key = stored_key;
         entry->hash = hash;
         entry->value = Py_NewRef(value);
         table->used++;
     } else {
+        Py_DECREF(stored_key);
         Py_SETREF(entry->value, Py_NewRef(value));
     }
     return 0;
@@ -541,6 +565,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     key_table_type = (PyTypeObject *)PyType_FromSpec(&key_table_spec);
     if (key_table_type == NULL || PyModule_AddObjectRef(created, "KeyTable",
                                                         (PyObject *)key_table_type) < 0) {
+        Py_CLEAR(key_table_type);
         Py_DECREF(created);
         return NULL;
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 import sysconfig
+import weakref
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
@@ -230,6 +232,27 @@ def test_the_key_table_holds_what_a_dict_holds(seed: int) -> None:
             expected.clear()
             assert len(table) == 0
             assert all(key not in table for key in keys)
+
+
+@compiled
+def test_a_key_table_in_a_reference_cycle_is_collected() -> None:
+    class Marker:
+        pass
+
+    class Key(bytes):
+        table: KeyVerdicts
+        marker: Marker
+
+    table = hotpath.new_key_table()
+    through_key, through_value = Marker(), Marker()
+    key = Key(b"serialised key")
+    key.table, key.marker = table, through_key
+    table[key] = "self_edge"
+    table[b"loop"] = (table, through_value)  # type: ignore[assignment]
+    watched = [weakref.ref(through_key), weakref.ref(through_value)]
+    del table, key, through_key, through_value
+    gc.collect()
+    assert [ref() for ref in watched] == [None, None]
 
 
 @compiled
