@@ -39,7 +39,7 @@ Each F run is checked: every result received, none skipped, no reconnect, and th
 exactly the edges and counts of the buckets sealed (the last bucket is still open when the
 daemon stops, as in production, and would be read again at the next start).
 
-Run from the repository root with the dev virtualenv (the default run takes 7 to 12 minutes):
+Run from the repository root with the dev virtualenv (the default run takes 4 to 12 minutes):
 
   python tests/bench/ingest.py
   python tests/bench/ingest.py --lengths 100k,1M --database-url postgresql://...
