@@ -140,7 +140,7 @@ static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
 
 /* --- KeyTable: serialised FlowKey -> verdict, looked up by the key's bytes in place --------
  *
- * A dict would need a bytes object per lookup (an allocation and a copy of a ~250-byte key)
+ * A dict would need a bytes object per lookup (an allocation and a copy of a ~140-byte key)
  * and SipHash over it; together they cost about as much as the rest of count_known. This
  * table hashes the key where it lies in the message, with a multiply-fold hash whose every
  * constant comes from a random seed (with a known constant, a word equal to it would zero
