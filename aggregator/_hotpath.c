@@ -388,7 +388,7 @@ static int key_table_assign(KeyTable *table, PyObject *key_object, PyObject *val
     if (key_of(key_object, &key, &length) < 0) {
         return -1;
     }
-    /* Made before the slot is found: making it may run a collection, and so Python code. */
+    /* Made before the slot is found, so that nothing runs between finding it and filling it. */
     PyObject *stored_key = PyBytes_CheckExact(key_object)
                                ? Py_NewRef(key_object)
                                : PyBytes_FromStringAndSize((const char *)key, length);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import sys
 import threading
 import time
 from collections import Counter
@@ -49,7 +50,7 @@ DEFAULT_QUIET_SECONDS = 20.0
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # Distinct flow keys whose verdict is remembered: the same connections report bucket after
-# bucket. About 400 bytes each. Where more keys than this come round every bucket, emptying
+# bucket. About 460 bytes each. Where more keys than this come round every bucket, emptying
 # the memory when full would make every key miss: it keeps what it holds (those keys still
 # hit), decodes the others each time, and starts again from empty only after as many of
 # those decodes as it holds, so that the keys of connections gone do not stay forever. The
@@ -90,7 +91,8 @@ def _key_verdict(connection: Connection, rank: int) -> KeyVerdict:
     """The verdict of a flow key on its connection, with the edge it makes."""
     edge = (connection[0], connection[2], ACTION_BY_RANK[rank])
     # Namespaces are RFC 1123 labels (target_of checks) and actions single words: no spaces.
-    return KeyVerdict(repr(connection), rank, edge, " ".join(edge))
+    # Interned: the keys of one edge share its name, as they share its namespaces.
+    return KeyVerdict(repr(connection), rank, edge, sys.intern(" ".join(edge)))
 
 
 _EDGE = operator.attrgetter("edge")

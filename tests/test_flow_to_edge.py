@@ -190,6 +190,7 @@ def test_skipped_reports_of_newer_buckets_seal_the_older_ones(
     if receive_path == "python":
         monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
         monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+        monkeypatch.setattr(buffer_module, "new_key_table", dict)
     buffer = new_buffer()
     add(buffer, flow_result(start=T0))
     # After it, only traffic that makes no edge: a self-edge, a host endpoint.
