@@ -51,7 +51,7 @@ from aggregator.settings import (
 )
 from aggregator.simulator import Simulator
 from aggregator.status import RunStats, StatusLine
-from aggregator.store.connection import StoreError, describe_error
+from aggregator.store.connection import DatabaseUrlRefused, StoreError, describe_error
 from aggregator.store.ingest import IngestStore
 
 log = logging.getLogger("aggregator")
@@ -134,7 +134,13 @@ class Daemon:
         self._health.start()
         log.info("serving /healthz, /readyz and /metrics", extra={"http_port": self.http_port})
         try:
-            if not self._open_store():
+            try:
+                opened = self._open_store()
+            except DatabaseUrlRefused as error:
+                # A bad setting, not an outage: retrying would only repeat it.
+                log.error("DATABASE_URL holds a setting libpq refuses", extra={"error": str(error)})
+                return 2
+            if not opened:
                 return 0
             receiver = self._thread(self._receive_forever, "receiver")
             flusher = self._thread(self._flush_forever, "flusher")
@@ -174,7 +180,10 @@ class Daemon:
     # -- start-up -----------------------------------------------------------------
 
     def _open_store(self) -> bool:
-        """Connect, migrate and load progress, retrying until it works or we are stopped."""
+        """Connect, migrate and load progress, retrying until it works or we are stopped.
+
+        A setting libpq refuses in the URL is raised (DatabaseUrlRefused), not retried.
+        """
         backoff = Backoff(initial=1.0, maximum=30.0)
         while not self._stopping.is_set():
             try:
@@ -185,6 +194,8 @@ class Daemon:
                 except BaseException:
                     store.close()
                     raise
+            except DatabaseUrlRefused:
+                raise
             except (StoreError, psycopg.Error) as error:
                 delay = backoff.next_delay()
                 log.warning(

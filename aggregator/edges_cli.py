@@ -28,7 +28,7 @@ from aggregator.embedded import resolve_database_url
 from aggregator.logs import stdout_reader_gone
 from aggregator.mapping import is_namespace_name
 from aggregator.settings import SettingsError, load_database_url, redact_url
-from aggregator.store.connection import StoreError, describe_error
+from aggregator.store.connection import DatabaseUrlRefused, StoreError, describe_error
 from aggregator.store.edge_queries import (
     ACTIONS,
     DEFAULT_LIMIT,
@@ -37,7 +37,6 @@ from aggregator.store.edge_queries import (
     Action,
     DatabaseRefused,
     DatabaseUnreachable,
-    DatabaseUrlRefused,
     EdgeQuery,
     EdgeReader,
     NoEdgeTable,

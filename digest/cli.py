@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from aggregator.embedded import resolve_database_url
 from aggregator.logs import configure_logging, stdout_reader_gone
 from aggregator.settings import SettingsError, load_digest_settings
-from aggregator.store.connection import StoreError
+from aggregator.store.connection import DatabaseUrlRefused, StoreError
 from aggregator.store.digest_queries import DigestBusy, DigestStore
 from aggregator.timespec import parse_time_spec
 from digest.run import RunOptions, run_digest
@@ -188,6 +188,8 @@ def main(
         )
     except DigestBusy as error:
         return _fail(str(error), EXIT_BUSY, secret)
+    except DatabaseUrlRefused as error:
+        return _fail(f"DATABASE_URL: {error}", EXIT_USAGE, secret)
     except StoreError as error:
         return _fail(f"database: {error}", EXIT_DATABASE, secret)
     except SettingsError as error:

@@ -220,6 +220,19 @@ def test_a_ready_callback_after_the_stream_ended_does_not_mark_it_connected(
         daemon._health.close()
 
 
+def test_a_database_url_libpq_refuses_stops_the_daemon_with_exit_2(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "postgresql://edges:s3cret@127.0.0.1:1/edges?sslmode=bogus"
+    daemon = Daemon(daemon_settings(pki, 1, url), database_url=url, http_host="127.0.0.1")
+    with caplog.at_level("ERROR"):
+        assert daemon.run() == 2  # at once: retrying would only repeat it
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == "DATABASE_URL holds a setting libpq refuses"
+    assert 'invalid sslmode value: "bogus"' in record.error  # type: ignore[attr-defined]
+    assert "s3cret" not in record.error  # type: ignore[attr-defined]
+
+
 def test_health_endpoints_report_liveness_readiness_and_metrics(
     goldmane: tuple[GoldmaneServer, int], clock: ManualClock, pki: Pki, database_url: str
 ) -> None:

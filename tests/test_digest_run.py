@@ -476,6 +476,31 @@ def test_an_unreachable_database_exits_5(
     assert slack.received == []
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://edges:s3cret@127.0.0.1:1/edges?sslmode=bogus", 'sslmode value: "bogus"'),
+        ("postgresql://edges:s3cret%zz@127.0.0.1:1/edges", "DATABASE_URL is malformed"),
+    ],
+)
+def test_a_database_url_libpq_refuses_is_a_bad_setting_exit_2(
+    env: None,
+    slack: SlackServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    says: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = digest(capsys)
+    assert result.status == 2
+    assert result.err.startswith("edges-digest: DATABASE_URL")
+    assert says in result.err
+    assert len(result.err.splitlines()) == 1
+    assert "s3cret" not in result.err
+    assert slack.received == []
+
+
 def test_no_webhook_and_no_dry_run_exits_2_saying_so(
     env: None,
     slack: SlackServer,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from aggregator.buffer import Batch, EdgeTotals
-from aggregator.store.connection import StoreError, connect
+from aggregator.store.connection import DatabaseUrlRefused, StoreError, connect
 from aggregator.store.edge_queries import EdgeQuery, EdgeReader
 from aggregator.store.ingest import IngestStore
 from aggregator.store.migrations import _MIGRATION_LOCK_KEY, migrate, migration_files
@@ -310,6 +310,32 @@ def test_progress_starts_empty_and_is_kept_per_goldmane(database_url: str) -> No
         store.write(Batch({}, T0 + 15))
     with IngestStore.open(database_url, source="other:7443") as other:
         assert other.load_progress() is None
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://edges:s3cret@[::1/edges", "<DATABASE_URL not shown>"),
+        ("postgresql://edges:s3cret%zz@127.0.0.1/edges", "invalid percent-encoded token"),
+        ('postgresql://edges:s3"cret%zz@127.0.0.1/edges', "not followed by two hex digits"),
+        ("postgresql://edges:se@s3cret@127.0.0.1:1/edges", "***@127.0.0.1"),
+        ("host=127.0.0.1 port=1 password=s3cret sslmode=bogus", 'invalid sslmode value: "bogus"'),
+    ],
+)
+def test_a_url_libpq_cannot_read_is_named_without_the_password(url: str, says: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        connect(url, application_name="test")
+    message = str(caught.value)
+    assert says in message
+    assert "s3cret" not in message and 's3"cret' not in message
+
+
+def test_a_setting_libpq_refuses_is_told_apart_from_an_outage() -> None:
+    with pytest.raises(DatabaseUrlRefused, match="invalid sslmode value"):
+        connect("postgresql://edges@127.0.0.1:1/edges?sslmode=bogus", application_name="test")
+    with pytest.raises(StoreError) as caught:
+        connect("postgresql://edges@127.0.0.1:1/edges", application_name="test")
+    assert not isinstance(caught.value, DatabaseUrlRefused)
 
 
 def test_an_unreachable_database_is_a_one_line_error_without_the_password() -> None:

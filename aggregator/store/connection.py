@@ -19,6 +19,21 @@ class StoreError(RuntimeError):
     """A store operation failed; the message is one line and carries no secret."""
 
 
+class DatabaseUrlRefused(StoreError):
+    """libpq refused a setting in the URL itself (`sslmode=bogus`): nothing was sent.
+
+    A bad setting, not an outage: the programs exit with their usage status, and the
+    daemon does not retry it.
+    """
+
+
+# libpq reports these about the URL's own settings, before it connects.
+_BAD_URL_SETTING = re.compile(
+    r"invalid \S+ value|invalid connection option|invalid integer value|invalid URI",
+    re.IGNORECASE,
+)
+
+
 def connect(url: str, *, application_name: str, autocommit: bool = False) -> Connection:
     """Open a connection in UTC; failures become StoreError without the URL in the message."""
     try:
@@ -35,7 +50,10 @@ def connect(url: str, *, application_name: str, autocommit: bool = False) -> Con
             keepalives_count=3,
         )
     except psycopg.Error as error:
-        raise StoreError(f"cannot connect to PostgreSQL: {describe_error(error)}") from None
+        message = f"cannot connect to PostgreSQL: {describe_error(error)}"
+        if _BAD_URL_SETTING.search(message):
+            raise DatabaseUrlRefused(message) from None
+        raise StoreError(message) from None
     try:
         # Set here, not in libpq's `options`: that would override PGOPTIONS and a service file's.
         conn.execute("SET TIME ZONE 'UTC'")
@@ -71,4 +89,22 @@ def describe_error(error: BaseException) -> str:
     detail = error.diag.message_detail if isinstance(error, psycopg.Error) else None
     if detail:
         line = f"{line} ({' '.join(detail.split())})"
-    return re.sub(r"password=\S+", "password=***", line)
+    return _without_secrets(line)
+
+
+# libpq quotes parts of a URL it cannot read: the whole URI, a token that is not valid
+# percent-encoding (a password may hold a '%'), a "host" that took the tail of a password
+# holding an '@'. Greedy to the last quote: a password may hold a quote too.
+_QUOTED_URI = re.compile(r"""(["'])postgres(?:ql)?://.*\1""", re.IGNORECASE)
+_BAD_PERCENT_TOKEN = re.compile(r"""(invalid percent-encoded token): (["']).*\2""")
+_QUOTED_USERINFO = re.compile(r"""(["'])[^"']*@""")
+_PASSWORD_SETTING = re.compile(r"password=\S+")
+
+
+def _without_secrets(line: str) -> str:
+    line = _QUOTED_URI.sub("<DATABASE_URL not shown>", line)
+    line = _BAD_PERCENT_TOKEN.sub(
+        r"\1 in DATABASE_URL (a '%' not followed by two hex digits)", line
+    )
+    line = _QUOTED_USERINFO.sub(r"\1***@", line)
+    return _PASSWORD_SETTING.sub("password=***", line)

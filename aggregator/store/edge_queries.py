@@ -19,7 +19,13 @@ import psycopg.errors
 from psycopg import sql
 
 from aggregator.buffer import EdgeKey
-from aggregator.store.connection import Connection, StoreError, connect, describe_error
+from aggregator.store.connection import (
+    Connection,
+    DatabaseUrlRefused,
+    StoreError,
+    connect,
+    describe_error,
+)
 
 Action = Literal["allow", "deny", "pass", "unspecified"]
 ACTIONS: Final[tuple[str, ...]] = get_args(Action)
@@ -42,10 +48,6 @@ class DatabaseUnreachable(StoreError):
 
 class DatabaseRefused(StoreError):
     """PostgreSQL answered but refused us: authentication, role or database name."""
-
-
-class DatabaseUrlRefused(StoreError):
-    """libpq refused a setting in the URL itself (`sslmode=bogus`): nothing was sent."""
 
 
 class NoEdgeTable(StoreError):
@@ -269,11 +271,6 @@ def allowlist_statements(
     ]
 
 
-# libpq reports these about the URL's own settings, before it connects.
-_BAD_URL_SETTING = re.compile(
-    r"invalid \S+ value|invalid connection option|invalid integer value|invalid URI",
-    re.IGNORECASE,
-)
 # libpq reports these when the server answered and said no; anything else never got an answer.
 _REFUSED = re.compile(
     r"authentication failed|no pg_hba\.conf entry|no password supplied"
@@ -299,12 +296,10 @@ class EdgeReader:
         """
         try:
             conn = connect(url, application_name="edges")
+        except DatabaseUrlRefused:
+            raise
         except StoreError as error:
-            kind: type[StoreError] = DatabaseUnreachable
-            if _BAD_URL_SETTING.search(str(error)):
-                kind = DatabaseUrlRefused
-            elif _REFUSED.search(str(error)):
-                kind = DatabaseRefused
+            kind = DatabaseRefused if _REFUSED.search(str(error)) else DatabaseUnreachable
             raise kind(str(error)) from None
         return cls(conn, timeout_seconds=timeout_seconds)
 
