@@ -353,14 +353,15 @@ class EdgeBuffer:
         best = bucket.verdicts.get(verdict.connection)
         if best is None or best.rank < verdict.rank:
             bucket.verdicts[verdict.connection] = verdict
-        if end > self.newest_flow_end:
-            self.newest_flow_end = end
 
     def _open_bucket(self, start: int, end: int) -> _OpenBucket | str:
         """The open bucket [start, end), opened now if new; or why a report of it cannot count."""
         refusal = self._refusal(start, end)
         if refusal is not None:
             return refusal
+        # Every report of a bucket after its first is counted in C without coming here, and
+        # a first report that is skipped still shows that the stream is current.
+        self.newest_flow_end = max(self.newest_flow_end, end)
         bucket = self._open.get(start)
         if bucket is None:
             bucket = self._open[start] = _OpenBucket(end)

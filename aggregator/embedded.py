@@ -24,7 +24,6 @@ def data_directory() -> Path:
 def embedded_database_url() -> str:
     """Start (or find running) the embedded server and return its URL (Unix socket, no password)."""
     directory = data_directory()
-    directory.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (containers, CI).
         warnings.simplefilter("ignore")
@@ -34,6 +33,13 @@ def embedded_database_url() -> str:
             raise SettingsError(
                 "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
                 "set DATABASE_URL or pip install 'goldmane-edge-aggregator[embedded]'"
+            ) from None
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SettingsError(
+                f"cannot create {directory.parent} for the embedded PostgreSQL "
+                f"({error.strerror}): set DATABASE_URL, or XDG_DATA_HOME to a writable directory"
             ) from None
         # cleanup_mode=None leaves it running after we exit, so the next command reuses it.
         try:

@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -685,6 +686,16 @@ def test_the_command_without_a_webhook_exits_2_with_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "SLACK_WEBHOOK_URL is not set" in result.stderr
+
+
+def test_an_embedded_database_that_cannot_be_made_is_a_bad_setting(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    result = run_command({"XDG_DATA_HOME": str(not_a_directory / "data")}, "--dry-run")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"edges-digest: cannot create {not_a_directory}")
+    assert "set DATABASE_URL" in line
 
 
 @pytest.mark.parametrize("edges", [3000, 1])

@@ -172,6 +172,24 @@ def test_each_edge_in_a_batch_keeps_its_own_first_and_last_bucket() -> None:
     }
 
 
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
+def test_the_newest_flow_time_follows_every_bucket_received(
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if receive_path == "python":
+        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+        monkeypatch.setattr(buffer_module, "new_key_table", dict)
+    buffer = new_buffer()
+    for bucket in range(3):
+        start = T0 + bucket * BUCKET
+        # Each bucket's first report makes no edge; the others are counted without a Python step.
+        add(buffer, flow_result("frontend", "frontend", start=start))
+        add(buffer, flow_result(start=start))
+        add(buffer, flow_result(start=start, reporter=pb.Dst))
+        assert buffer.newest_flow_end == start + BUCKET
+
+
 def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
     buffer = new_buffer()
     add(buffer, flow_result(start=T0))
