@@ -417,7 +417,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--namespaces", type=int, default=72, metavar="N", help="simulated namespaces (72)"
     )
     demo.add_argument(
-        "--rate", type=float, default=100.0, metavar="FLOWS", help="flow reports per second (100)"
+        "--rate",
+        type=float,
+        default=100.0,
+        metavar="FLOWS",
+        help="at most this many flow reports per simulated second (100); each connection "
+        "end reports once per 15 s bucket, which caps it",
     )
     demo.add_argument("--seed", type=int, default=1, help="seed for a reproducible cluster (1)")
     demo.add_argument(
