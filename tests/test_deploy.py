@@ -28,9 +28,9 @@ import subprocess
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import yaml
@@ -49,6 +49,9 @@ from aggregator.settings import (
     DEFAULT_KEY_FILE,
     SettingsError,
     load_daemon_settings,
+    load_database_url,
+    load_digest_settings,
+    load_log_format,
     parse_host_port,
 )
 from digest.cli import EXIT_BUSY, EXIT_SLACK_REJECTED, EXIT_USAGE
@@ -381,6 +384,71 @@ def test_every_env_var_the_manifests_set_is_read_by_the_code() -> None:
                 f"{workload['metadata']['name']}/{container['name']} sets {sorted(unknown)},"
                 " which no code reads"
             )
+
+
+# What the README's `kubectl create secret` commands put in each Secret, in their shape.
+_SECRET_EXAMPLES: Final = {
+    ("edge-aggregator-database", "url"): "postgresql://edges:PASSWORD@postgres:5432/edges",
+    ("edges-digest-slack", "webhook-url"): "https://hooks.slack.com/services/T0/B0/x",
+}
+
+
+def _container_env(container: Doc, tmp_path: Path) -> _RecordingEnv:
+    values = {}
+    for name, item in env_of(container).items():
+        if "value" in item:
+            values[name] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            values[name] = _SECRET_EXAMPLES[(ref["name"], ref["key"])]
+    for name in ("GOLDMANE_CA_FILE", "GOLDMANE_CERT_FILE", "GOLDMANE_KEY_FILE"):
+        # The Secret's files exist only in the pod (their paths: a test of their own).
+        values.setdefault(name, str(tmp_path / name))
+        Path(values[name]).touch()
+    return _RecordingEnv(values)
+
+
+@pytest.mark.parametrize(
+    ("workload", "load"),
+    [
+        (aggregator_deployment, load_daemon_settings),
+        (digest_cronjob, load_digest_settings),
+    ],
+    ids=["edge-aggregator", "edges-digest"],
+)
+def test_each_command_accepts_its_manifests_settings_and_reads_every_one(
+    workload: Callable[[], Doc], load: Callable[[Mapping[str, str]], object], tmp_path: Path
+) -> None:
+    (container,) = containers(workload())
+    env = _container_env(container, tmp_path)
+    load(env)  # raises SettingsError on a value the command refuses
+    load_log_format(env)
+    load_database_url(env)
+    unread = set(env_of(container)) - env.looked_up
+    assert not unread, f"{container['name']} sets {sorted(unread)}, which its command ignores"
+
+
+def test_every_secret_key_the_pods_use_is_one_the_readme_creates() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    created = {
+        (name, key)
+        for name, options in re.findall(
+            r"create secret generic (\S+)((?:[^\n]*\\\n)*[^\n]*)", readme
+        )
+        for key in re.findall(r"--from-(?:literal|file)=([\w.-]+)=", options)
+    }
+    for workload in workloads():
+        for container in containers(workload):
+            for item in env_of(container).values():
+                if "valueFrom" in item:
+                    ref = item["valueFrom"]["secretKeyRef"]
+                    assert (ref["name"], ref["key"]) in created, ref
+    assert set(_SECRET_EXAMPLES) <= created
+    volumes = pod_spec(aggregator_deployment())["volumes"]
+    for volume in volumes:
+        if "secret" in volume:
+            for item in volume["secret"]["items"]:
+                assert (volume["secret"]["secretName"], item["key"]) in created, item
 
 
 def test_dockerfile_sets_no_setting_the_code_does_not_read() -> None:
