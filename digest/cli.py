@@ -33,8 +33,8 @@ EXIT_BUSY = 6
 
 _EPILOG = f"""\
 Flags override the environment variable of the same meaning (in brackets).
-Each run reports every edge that no earlier successful run reported, once;
-progress is recorded only after Slack accepted every message.
+Each run reports every edge that no earlier run reported, once: each message's
+edges are recorded as soon as Slack accepts that message.
 
 environment only:
   SLACK_WEBHOOK_URL               the incoming webhook (a secret: never printed)
