@@ -1,7 +1,11 @@
-"""Builders of Goldmane FlowResults for tests."""
+"""Builders of Goldmane FlowResults for tests, and the switch to the Python receive path."""
 
 from __future__ import annotations
 
+import pytest
+
+from aggregator import buffer as buffer_module
+from aggregator.hotpath import count_known_python, flow_head_python
 from aggregator.wire import goldmane_pb2 as pb
 
 BUCKET = 15
@@ -38,3 +42,11 @@ def flow_result(
     )
     flow = pb.Flow(Key=key, start_time=start, end_time=start + BUCKET, packets_in=1, packets_out=1)
     return pb.FlowResult(id=result_id, flow=flow)
+
+
+def use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receive path "in use" is the C helper where it is built; "python" is the fallback."""
+    if receive_path == "python":
+        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
+        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
+        monkeypatch.setattr(buffer_module, "new_key_table", dict)

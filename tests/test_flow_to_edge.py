@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import buffer as buffer_module
 from aggregator.buffer import EdgeBuffer, EdgeTotals
-from aggregator.hotpath import count_known_python, flow_head_python
 from aggregator.mapping import (
     SKIP_BAD_TIME,
     SKIP_DUPLICATE,
@@ -18,7 +16,7 @@ from aggregator.mapping import (
     SKIP_UNKNOWN_ENUM,
 )
 from aggregator.wire import goldmane_pb2 as pb
-from tests.flows import BUCKET, flow_result
+from tests.flows import BUCKET, flow_result, use_receive_path
 
 T0 = 1_800_000_000  # a bucket start (multiple of 15)
 
@@ -176,10 +174,7 @@ def test_each_edge_in_a_batch_keeps_its_own_first_and_last_bucket() -> None:
 def test_the_newest_flow_time_follows_every_bucket_received(
     receive_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if receive_path == "python":
-        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
-        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
-        monkeypatch.setattr(buffer_module, "new_key_table", dict)
+    use_receive_path(receive_path, monkeypatch)
     buffer = new_buffer()
     for bucket in range(3):
         start = T0 + bucket * BUCKET
@@ -205,10 +200,7 @@ def test_a_newer_bucket_seals_the_older_one_and_advances_progress() -> None:
 def test_skipped_reports_of_newer_buckets_seal_the_older_ones(
     receive_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if receive_path == "python":
-        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
-        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
-        monkeypatch.setattr(buffer_module, "new_key_table", dict)
+    use_receive_path(receive_path, monkeypatch)
     buffer = new_buffer()
     add(buffer, flow_result(start=T0))
     # After it, only traffic that makes no edge: a self-edge, a host endpoint.

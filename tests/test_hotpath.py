@@ -19,7 +19,7 @@ from aggregator.buffer import MAX_RESULT_BYTES, EdgeBuffer
 from aggregator.hotpath import KeyVerdict, KeyVerdicts, count_known_python, flow_head_python
 from aggregator.mapping import SKIP_UNDECODABLE
 from aggregator.wire import goldmane_pb2 as pb
-from tests.flows import BUCKET, flow_result
+from tests.flows import BUCKET, flow_result, use_receive_path
 
 T0 = 1_800_000_000
 
@@ -376,21 +376,13 @@ def _outcome(stream: list[bytes]) -> tuple[object, ...]:
     return batch.edges, batch.sealed_until, buffer.skipped, buffer.received, open_and_sealed
 
 
-def _use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Receive path "in use" is the C helper where it is built; "python" is the fallback."""
-    if receive_path == "python":
-        monkeypatch.setattr(buffer_module, "flow_head", flow_head_python)
-        monkeypatch.setattr(buffer_module, "count_known", count_known_python)
-        monkeypatch.setattr(buffer_module, "new_key_table", dict)
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_the_buffer_counts_the_same_on_the_python_receive_path(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream = _stream(seed)
     in_use = _outcome(stream)
-    _use_receive_path("python", monkeypatch)
+    use_receive_path("python", monkeypatch)
     assert _outcome(stream) == in_use
 
 
@@ -398,7 +390,7 @@ def test_the_buffer_counts_the_same_on_the_python_receive_path(
 def test_the_buffer_counts_the_same_when_its_key_cache_fills_within_a_batch(
     receive_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _use_receive_path(receive_path, monkeypatch)
+    use_receive_path(receive_path, monkeypatch)
     stream = _stream(7)
     unbounded = _outcome(stream)
     # A batch's new keys are learnt in one pass: a cache this small fills within a batch,
@@ -427,7 +419,7 @@ def _counting_key_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 def test_past_its_limit_the_key_cache_keeps_the_keys_it_holds(
     receive_path: str, batch_size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _use_receive_path(receive_path, monkeypatch)
+    use_receive_path(receive_path, monkeypatch)
     # 3: a batch's new keys are learnt again and again once the cache is full.
     monkeypatch.setattr(buffer_module, "_BATCH_SIZE", batch_size)
     # Five connections report in each of eight buckets; the cache holds four keys.
