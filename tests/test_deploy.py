@@ -19,6 +19,7 @@ Pinned down here:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import inspect
 import re
@@ -458,7 +459,27 @@ def test_dockerfile_sets_no_setting_the_code_does_not_read() -> None:
             continue
         for assignment in shlex.split(arguments):
             name = assignment.partition("=")[0]
-            assert name in read or name == "PATH" or name.startswith(("PYTHON", "PIP_")), name
+            # Read by the shell, Python, pip and glibc's malloc rather than by the code.
+            runtime = name in {"PATH", "MALLOC_ARENA_MAX"} or name.startswith(("PYTHON", "PIP_"))
+            assert name in read or runtime, name
+
+
+def test_the_benchmark_clients_run_with_the_image_s_malloc_arenas() -> None:
+    image_env = {}
+    for instruction, arguments in dockerfile_instructions():
+        if instruction == "ENV":
+            image_env.update(item.split("=", 1) for item in shlex.split(arguments))
+    # tests/bench is not a package: its constant is read off the source.
+    source = ast.parse((REPO / "tests" / "bench" / "common.py").read_text(encoding="utf-8"))
+    (benchmark_value,) = (
+        node.value.value
+        for node in source.body
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and node.target.id == "IMAGE_MALLOC_ARENA_MAX"
+        and isinstance(node.value, ast.Constant)
+    )
+    assert image_env["MALLOC_ARENA_MAX"] == benchmark_value
 
 
 def test_goldmane_host_in_the_manifest_is_the_default_and_its_port_is_allowed_out() -> None:

@@ -53,6 +53,8 @@ T0: Final = 1_800_000_000  # a bucket boundary
 MIN_BUCKETS: Final = 20
 # Share of connections that the destination's policy denies.
 DENY_SHARE: Final = 0.05
+# deploy/Dockerfile's MALLOC_ARENA_MAX (tests/test_deploy.py holds the two together).
+IMAGE_MALLOC_ARENA_MAX: Final = "2"
 # A client process slower than 500 results/s is stuck, not slow.
 WORKER_TIMEOUT_FLOOR: Final = 120.0
 
@@ -246,7 +248,8 @@ def write_data(path: Path, results: int, distinct_edges: int) -> DataSet:
 
 @dataclass(frozen=True)
 class BucketTemplate:
-    """One whole bucket on disk, for loadgen.js --bucket-seconds to replay as bucket after bucket.
+    """Whole buckets on disk: one for loadgen.js --bucket-seconds to replay bucket after bucket,
+    or several in a row (instructions.py reads them).
 
     Every connection is reported (Src, then Dst) in every bucket, as long-lived connections
     are; so a stream of any length holds the same connections, and what memory it needs is
@@ -264,21 +267,22 @@ class BucketTemplate:
         return math.ceil(results / self.per_bucket)
 
 
-def write_bucket_template(path: Path, distinct_edges: int) -> BucketTemplate:
-    """Write one bucket (start T0) of every connection's two reports, length-prefixed."""
+def write_bucket_template(path: Path, distinct_edges: int, buckets: int = 1) -> BucketTemplate:
+    """Write whole buckets (from T0 on) of every connection's two reports, length-prefixed."""
     templates = connection_templates(distinct_edges, random.Random(20261122))
     total_bytes = 0
     number = 0
     with path.open("wb") as out:
-        for connection in templates:
-            for result in connection:
-                number += 1
-                message = _set_times_and_counters(result, number, T0)
-                _write_message(out, message)
-                total_bytes += len(message)
+        for bucket in range(buckets):
+            for connection in templates:
+                for result in connection:
+                    number += 1
+                    message = _set_times_and_counters(result, number, T0 + bucket * BUCKET)
+                    _write_message(out, message)
+                    total_bytes += len(message)
     return BucketTemplate(
         path=path,
-        per_bucket=number,
+        per_bucket=number // buckets,
         mean_size=total_bytes / number,
         edges_per_bucket=dict(Counter(edge_of(connection) for connection in templates)),
     )
@@ -397,7 +401,9 @@ def run_worker_process(
     command = [sys.executable, str(script), "--worker", kind, *worker_args]
     if loadgen_pid is not None:
         command += ["--loadgen-pid", str(loadgen_pid)]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, check=False, timeout=timeout)
+    completed = subprocess.run(
+        command, stdout=subprocess.PIPE, env=client_environment(), check=False, timeout=timeout
+    )
     if completed.returncode != 0:
         raise SystemExit(f"{prog()}: client process {kind} failed ({completed.returncode})")
     result: dict[str, Any] = json.loads(completed.stdout.decode().strip().splitlines()[-1])
@@ -507,9 +513,20 @@ def tool_versions() -> str:
     )
 
 
-def grpc_experiments_note() -> str:
-    experiments = os.environ.get("GRPC_EXPERIMENTS")
-    return f"; GRPC_EXPERIMENTS={experiments}" if experiments else ""
+def client_environment() -> dict[str, str]:
+    """The environment of the client processes: this one's, with the image's malloc arenas.
+
+    deploy/Dockerfile runs the daemon with MALLOC_ARENA_MAX=2 (it says why); the clients get
+    it too, unless it is set here, so that they measure the daemon as it runs there.
+    """
+    return {"MALLOC_ARENA_MAX": IMAGE_MALLOC_ARENA_MAX} | dict(os.environ)
+
+
+def client_environment_note() -> str:
+    """What the machine line says of the clients' environment."""
+    environment = client_environment()
+    names = ("GRPC_EXPERIMENTS", "MALLOC_ARENA_MAX")
+    return "".join(f"; {name}={environment[name]}" for name in names if name in environment)
 
 
 def client_and_server_cpus() -> tuple[int, int]:

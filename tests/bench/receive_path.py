@@ -21,7 +21,8 @@ virtualenv:
   python tests/bench/receive_path.py --smoke         # 2,000 results, 1 run: for CI
 
 It needs node and npm (it runs `npm install` here when node_modules is missing) and at least
-two CPUs. gRPC's own environment, e.g. GRPC_EXPERIMENTS, is passed to the client processes.
+two CPUs. gRPC's own environment, e.g. GRPC_EXPERIMENTS, is passed to the client processes,
+which run with MALLOC_ARENA_MAX=2 as the image runs the daemon (unless it is set here).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from common import (
     Window,
     check_loadgen,
     client_and_server_cpus,
+    client_environment_note,
     client_settings,
     ensure_node_modules,
-    grpc_experiments_note,
     interrupt_on_sigterm,
     measure_raw,
     peak_rss_kib,
@@ -171,7 +172,8 @@ def run_client(kind: str, worker_args: list[str], results: int, loadgen: Popen[b
 def _versions(client_cpu: int, server_cpu: int) -> str:
     return (
         f"machine: nproc {os.cpu_count()}, {tool_versions()}; "
-        f"client on CPU {client_cpu}, load generator on CPU {server_cpu}" + grpc_experiments_note()
+        f"client on CPU {client_cpu}, load generator on CPU {server_cpu}"
+        + client_environment_note()
     )
 
 
