@@ -1,4 +1,5 @@
-"""The ingest benchmark (tests/bench/ingest.py) still runs and still checks what it measures.
+"""The ingest benchmark (tests/bench/ingest.py) and the instruction count (tests/bench/
+instructions.py) still run and still check what they measure.
 
 The benchmark itself is not part of the suite: it takes minutes. Its `--smoke` run (3,000
 results, seconds) is: the load generator, the raw client, the real daemon flushing into a
@@ -6,7 +7,8 @@ fresh schema, the rate-limited run and the naive design all run once, and the be
 non-zero when a result is wrong (a result not received or skipped, a reconnect, a trail whose
 edges and counts differ from the data's). It needs node and npm (it runs `npm install` in
 tests/bench when node_modules is missing) and two CPUs: one for the load generator, one for
-the client.
+the client. The instruction count's `--smoke` (400 results under valgrind, about 10 s) needs
+valgrind.
 """
 
 from __future__ import annotations
@@ -21,8 +23,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "tests" / "bench" / "ingest.py"
+INSTRUCTIONS = REPO / "tests" / "bench" / "instructions.py"
 # npm install on a cold cache, then the smoke run itself (~10 s): generous for a busy CI box.
 TIMEOUT_SECONDS = 600
+
+
+def run_smoke(script: Path, *args: str) -> str:
+    """Run a benchmark's --smoke from the repository root; its output, once it exited 0."""
+    completed = subprocess.run(
+        [sys.executable, str(script), "--smoke", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
 
 
 @pytest.mark.skipif(
@@ -34,17 +51,20 @@ TIMEOUT_SECONDS = 600
     reason="the benchmark pins the load generator and the client to one CPU each",
 )
 def test_ingest_benchmark_smoke_run_passes_its_checks(postgres_url: str) -> None:
-    completed = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--smoke", "--database-url", postgres_url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
-        check=False,
-    )
-    output = completed.stdout
-    assert completed.returncode == 0, output + completed.stderr
+    output = run_smoke(BENCHMARK, "--database-url", postgres_url)
     for row in ("A  raw limit", "F  full path", "F  the same, load held to", "N  naive"):
         assert any(line.startswith(row) for line in output.splitlines()), output
     assert "results/s" in output and "SQL stmts/s" in output and "peak RSS" in output
     assert "checks: every run received all its results" in output
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="counting instructions needs valgrind")
+def test_instruction_count_smoke_run_counts_both_kinds_of_result() -> None:
+    output = run_smoke(INSTRUCTIONS)
+    figures = {}
+    for line in output.splitlines():
+        if "instructions per result" in line:
+            label, _, rest = line.partition(":")
+            figures[label] = int(rest.split()[0].replace(",", ""))
+    # A new key is decoded and mapped in Python; a known one is counted in C (or by protobuf).
+    assert figures["first bucket (every key new)"] > figures["later buckets (keys known)"] > 0
