@@ -147,6 +147,19 @@ def test_distinct_connections_between_two_namespaces_each_count() -> None:
     assert sealed_edges(buffer)[("frontend", "api", "allow")].flow_count == 5
 
 
+def test_connections_whose_names_run_together_still_count_apart() -> None:
+    buffer = new_buffer()
+    # Spaces and digits in names, and a name's tail that could pass for the protocol.
+    add(buffer, flow_result(start=T0, src_name="a b", dst_name="c"))
+    add(buffer, flow_result(start=T0, src_name="a", dst_name="b c"))
+    add(buffer, flow_result(start=T0, src_name="a", dst_name="bt", proto="cp"))
+    add(buffer, flow_result(start=T0, src_name="a", dst_name="b", proto="tcp"))
+    add(buffer, flow_result(start=T0, src_name="1 2 a", dst_name="b"))
+    add(buffer, flow_result(start=T0, src_name="a", dst_name="b", port=1))
+    add(buffer, flow_result(start=T0, src_name="a", dst_name="b", port=11))
+    assert sealed_edges(buffer)[("frontend", "api", "allow")].flow_count == 7
+
+
 def test_one_connection_counts_once_per_bucket_and_times_are_flow_times() -> None:
     buffer = new_buffer()
     for bucket in range(3):
