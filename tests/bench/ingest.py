@@ -303,7 +303,7 @@ def _measure_full_path(args: argparse.Namespace) -> Run:
         nonlocal python_blocks
         last, last_change = buffer.received, time.monotonic()
         next_sample = last_change + MEMORY_SAMPLE_SECONDS
-        per_poll = 0
+        rate = 0.0  # results/s between the last two polls that saw new results
         while not done(received := buffer.received):
             now = time.monotonic()
             if now >= next_sample:
@@ -313,12 +313,13 @@ def _measure_full_path(args: argparse.Namespace) -> Run:
             if not runner.is_alive():
                 raise SystemExit("ingest: the daemon stopped by itself")
             if received != last:
-                per_poll = received - last
+                rate = (received - last) / max(now - last_change, FINAL_POLL_SECONDS)
                 last, last_change = received, now
             elif now - last_change > STALL_SECONDS:
                 daemon.stop()
                 raise SystemExit(f"ingest: no result for {STALL_SECONDS:g} s at {received:,}")
-            near_end = total - received <= 2 * per_poll
+            # By rate, not by results per poll: once polls are fine, those are few.
+            near_end = total - received <= 2 * POLL_SECONDS * rate
             time.sleep(FINAL_POLL_SECONDS if near_end else POLL_SECONDS)
         return received
 
