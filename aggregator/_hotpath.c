@@ -445,9 +445,10 @@ static PyType_Spec key_table_spec = {
 /* Made at import from key_table_spec; count_known checks its argument against it. */
 static PyTypeObject *key_table_type;
 
-/* skipped[reason] += 1 */
-static int count_skip(PyObject *skipped, PyObject *reason) {
-    PyObject *count = PyDict_GetItemWithError(skipped, reason);
+/* counts[key] += 1, from 0 where the key is new. Returns 1 where it was new, 0 where it was
+ * not, -1 on an error. */
+static int increment(PyObject *counts, PyObject *key) {
+    PyObject *count = PyDict_GetItemWithError(counts, key);
     if (count == NULL && PyErr_Occurred()) {
         return -1;
     }
@@ -459,9 +460,9 @@ static int count_skip(PyObject *skipped, PyObject *reason) {
     if (next == NULL) {
         return -1;
     }
-    int status = PyDict_SetItem(skipped, reason, next);
+    int status = PyDict_SetItem(counts, key, next);
     Py_DECREF(next);
-    return status;
+    return status < 0 ? -1 : count == NULL;
 }
 
 /* open_verdicts[verdict.connection] = verdict, unless a higher rank is there already. */
@@ -534,7 +535,7 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
                 return NULL;
             }
         } else {
-            if (count_skip(skipped, verdict) < 0) {
+            if (increment(skipped, verdict) < 0) {
                 return NULL;
             }
         }
@@ -542,11 +543,47 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     return PyLong_FromSsize_t(index);
 }
 
+/* Counts each connection of a sealed bucket once, for the edge of its highest verdict: see
+ * aggregator.hotpath.seal_bucket_python. */
+static PyObject *seal_bucket(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *open_verdicts, *start, *end, *connections, *first_seen, *last_seen, *edges;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!O!O!:seal_bucket", &PyDict_Type, &open_verdicts, &start,
+                          &end, &PyDict_Type, &connections, &PyDict_Type, &first_seen,
+                          &PyDict_Type, &last_seen, &PyDict_Type, &edges)) {
+        return NULL;
+    }
+    Py_ssize_t position = 0;
+    PyObject *connection, *verdict;
+    while (PyDict_Next(open_verdicts, &position, &connection, &verdict)) {
+        if (!PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 4) {
+            PyErr_SetString(PyExc_TypeError, "a KeyVerdict has a connection, a rank and an edge");
+            return NULL;
+        }
+        /* Held: a name's hash or comparison could run code that changes open_verdicts. */
+        Py_INCREF(verdict);
+        PyObject *edge = PyTuple_GET_ITEM(verdict, 2), *edge_name = PyTuple_GET_ITEM(verdict, 3);
+        int is_new = increment(connections, edge_name);
+        int failed = is_new < 0;
+        if (is_new == 1) {
+            failed = PyDict_SetItem(first_seen, edge_name, start) < 0 ||
+                     PyDict_SetItem(edges, edge_name, edge) < 0;
+        }
+        failed = failed || PyDict_SetItem(last_seen, edge_name, end) < 0;
+        Py_DECREF(verdict);
+        if (failed) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"flow_head", flow_head, METH_O,
      "(key, start_time, end_time) of a serialised FlowResult, or None: see aggregator.hotpath."},
     {"count_known", count_known, METH_VARARGS,
      "Count a run of simple results: see aggregator.hotpath.count_known_python."},
+    {"seal_bucket", seal_bucket, METH_VARARGS,
+     "Count a sealed bucket's connections: see aggregator.hotpath.seal_bucket_python."},
     {NULL, NULL, 0, NULL},
 };
 

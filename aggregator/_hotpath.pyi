@@ -1,3 +1,5 @@
+from collections import Counter
+
 from aggregator.hotpath import KeyVerdict, KeyVerdicts
 
 class KeyTable:
@@ -21,3 +23,13 @@ def count_known(
     max_bytes: int,
     /,
 ) -> int: ...
+def seal_bucket(
+    open_verdicts: dict[str, KeyVerdict],
+    start: int,
+    end: int,
+    connections: Counter[str],
+    first_seen: dict[str, int],
+    last_seen: dict[str, int],
+    edges: dict[str, tuple[str, str, str]],
+    /,
+) -> None: ...

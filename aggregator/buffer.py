@@ -10,7 +10,6 @@ older that arrives again is a duplicate.
 from __future__ import annotations
 
 import itertools
-import operator
 import sys
 import threading
 import time
@@ -20,7 +19,14 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from aggregator.hotpath import FlowHead, KeyVerdict, count_known, flow_head, new_key_table
+from aggregator.hotpath import (
+    FlowHead,
+    KeyVerdict,
+    count_known,
+    flow_head,
+    new_key_table,
+    seal_bucket,
+)
 from aggregator.mapping import (
     ACTION_BY_RANK,
     SKIP_BAD_TIME,
@@ -95,19 +101,13 @@ def _key_verdict(connection: Connection, rank: int) -> KeyVerdict:
     return KeyVerdict(repr(connection), rank, edge, sys.intern(" ".join(edge)))
 
 
-_EDGE = operator.attrgetter("edge")
-_EDGE_NAME = operator.attrgetter("edge_name")
-
-
 class _SealedCounts:
-    """Sealed buckets' edges until the flusher takes them, kept in C-level collections.
+    """Sealed buckets' edges until the flusher takes them, counted under the edges' names.
 
-    A bucket seals in a few collection operations rather than a Python step per
-    connection, which cost as much as receiving the results did. Edges are counted under
-    their names, strings whose hash Python keeps: hashing a tuple again for each of these
-    operations cost more than the rest of the seal. Buckets seal in time order (a newer
-    bucket seals the older ones; anything older than progress is a duplicate), so an edge's
-    first bucket here is its earliest and its last the latest.
+    A name is a string whose hash Python keeps: hashing a tuple again for each count cost
+    more than the rest of the seal. `seal_bucket` counts a whole bucket in one call, in C
+    where it is built; a step per connection in Python cost as much as receiving the
+    results did.
     """
 
     def __init__(self) -> None:
@@ -117,16 +117,15 @@ class _SealedCounts:
         self.edges: dict[str, EdgeKey] = {}
 
     def add_bucket(self, bucket: _OpenBucket, start: int) -> None:
-        # One per connection, with its highest verdict: the edge it counts for.
-        verdicts = bucket.verdicts.values()
-        names = list(map(_EDGE_NAME, verdicts))
-        known = len(self.connections)
-        self.connections.update(names)
-        if len(self.connections) > known:
-            # Only a bucket that brings an edge new to this batch can change a first_seen.
-            self.first_seen = dict.fromkeys(names, start) | self.first_seen
-            self.edges.update(zip(names, map(_EDGE, verdicts), strict=True))
-        self.last_seen.update(dict.fromkeys(names, bucket.end))
+        seal_bucket(
+            bucket.verdicts,
+            start,
+            bucket.end,
+            self.connections,
+            self.first_seen,
+            self.last_seen,
+            self.edges,
+        )
 
     def batch(self, sealed_until: int | None) -> Batch:
         totals = {
@@ -171,8 +170,9 @@ class EdgeBuffer:
         quiet_seconds: float = DEFAULT_QUIET_SECONDS,
     ) -> None:
         self._lock = threading.Lock()
-        # Appended to without the lock (list.append is atomic); emptied from the front only
-        # under the lock, so an append during a drain is kept for the next one.
+        # Appended to without the lock (list.extend appends each item under the GIL as it
+        # comes); emptied from the front only under the lock, so an item appended during a
+        # drain is kept for the next one.
         self._queued: list[bytes] = []
         self._open: dict[int, _OpenBucket] = {}
         self._newest_open_start = 0
@@ -215,15 +215,20 @@ class EdgeBuffer:
     def consume(self, results: Iterable[bytes]) -> None:
         """Take serialised FlowResults as a stream delivers them, until it ends (receive loop).
 
-        They are queued and counted a batch at a time: this loop is the receive rate.
+        They are queued as they come and counted a batch at a time: this loop is the receive
+        rate, so the queueing runs in C (list.extend over islice), not a Python step per result.
         """
         queued = self._queued
-        append = queued.append
-        for data in results:
-            append(data)
-            if len(queued) >= _BATCH_SIZE:
-                with self._lock:
-                    self._count_queued()
+        iterator = iter(results)
+        with self._lock:
+            received = self._counted + len(queued)
+        while True:
+            queued.extend(itertools.islice(iterator, _BATCH_SIZE))
+            with self._lock:
+                before, received = received, self._counted + len(queued)
+                self._count_queued()
+            if received - before < _BATCH_SIZE:
+                return  # the iterator ran out
 
     def add(self, data: bytes) -> None:
         """Take one serialised FlowResult."""

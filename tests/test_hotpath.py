@@ -7,6 +7,7 @@ import random
 import shutil
 import sysconfig
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
@@ -16,7 +17,13 @@ from google.protobuf.message import DecodeError
 from aggregator import buffer as buffer_module
 from aggregator import hotpath
 from aggregator.buffer import MAX_RESULT_BYTES, EdgeBuffer
-from aggregator.hotpath import KeyVerdict, KeyVerdicts, count_known_python, flow_head_python
+from aggregator.hotpath import (
+    KeyVerdict,
+    KeyVerdicts,
+    count_known_python,
+    flow_head_python,
+    seal_bucket_python,
+)
 from aggregator.mapping import SKIP_UNDECODABLE
 from aggregator.wire import goldmane_pb2 as pb
 from tests.flows import BUCKET, flow_result, use_receive_path
@@ -349,6 +356,72 @@ def test_count_known_stops_where_the_buffer_must_apply_every_rule(
     assert count(batch, 0, known_keys, None, None, open_verdicts, {}, limit) == 0
 
 
+# --- seal_bucket ---------------------------------------------------------------------------------
+
+
+def _sealed_counts(seal_bucket: Callable[..., None], seed: int) -> tuple[object, ...]:
+    """Counts after sealing random buckets in time order, edges recurring from bucket to bucket."""
+    rng = random.Random(seed)
+    connections: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    last_seen: dict[str, int] = {}
+    edges: dict[str, tuple[str, str, str]] = {}
+    for bucket in range(6):
+        open_verdicts: dict[str, KeyVerdict] = {}
+        for connection in rng.sample(range(30), rng.randrange(30)):
+            edge = (f"ns-{connection % 7}", "api", rng.choice(["allow", "deny"]))
+            open_verdicts[f"c{connection}"] = KeyVerdict(
+                f"c{connection}", rng.randrange(4), edge, " ".join(edge)
+            )
+        start = T0 + bucket * BUCKET
+        seal_bucket(open_verdicts, start, start + BUCKET, connections, first_seen, last_seen, edges)
+    return connections, first_seen, last_seen, edges
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(4))
+def test_the_c_seal_bucket_counts_what_the_python_one_counts(seed: int) -> None:
+    assert _sealed_counts(hotpath.seal_bucket, seed) == _sealed_counts(seal_bucket_python, seed)
+
+
+@pytest.mark.parametrize("seal_bucket", [hotpath.seal_bucket, seal_bucket_python])
+def test_seal_bucket_counts_each_connection_once_from_the_edges_first_bucket_to_its_last(
+    seal_bucket: Callable[..., None],
+) -> None:
+    allowed, denied, new = ("web", "api", "allow"), ("web", "db", "deny"), ("job", "db", "allow")
+
+    def verdict(connection: str, edge: tuple[str, str, str]) -> KeyVerdict:
+        return KeyVerdict(connection, 1, edge, " ".join(edge))
+
+    buckets = [
+        [verdict("c1", allowed), verdict("c2", allowed), verdict("c3", denied)],
+        [verdict("c1", allowed), verdict("c4", new)],
+        [verdict("c3", denied)],
+    ]
+    connections: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    last_seen: dict[str, int] = {}
+    edges: dict[str, tuple[str, str, str]] = {}
+    for number, verdicts in enumerate(buckets):
+        start = T0 + number * BUCKET
+        open_verdicts = {verdict.connection: verdict for verdict in verdicts}
+        seal_bucket(open_verdicts, start, start + BUCKET, connections, first_seen, last_seen, edges)
+    assert connections == {"web api allow": 3, "web db deny": 2, "job db allow": 1}
+    assert first_seen == {"web api allow": T0, "web db deny": T0, "job db allow": T0 + BUCKET}
+    assert last_seen == {
+        "web api allow": T0 + 2 * BUCKET,
+        "web db deny": T0 + 3 * BUCKET,
+        "job db allow": T0 + 2 * BUCKET,
+    }
+    assert edges == {"web api allow": allowed, "web db deny": denied, "job db allow": new}
+
+
+@compiled
+def test_the_c_seal_bucket_refuses_a_verdict_that_is_not_a_key_verdict() -> None:
+    with pytest.raises(TypeError, match="KeyVerdict"):
+        hotpath.seal_bucket({"c": ("c", 1)}, T0, T0 + BUCKET, Counter(), {}, {}, {})
+
+
 # --- the buffer on either implementation ---------------------------------------------------------
 
 
@@ -397,6 +470,25 @@ def test_the_buffer_counts_the_same_when_its_key_cache_fills_within_a_batch(
     # and starts again from empty within others.
     monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 5)
     assert _outcome(stream) == unbounded
+
+
+@pytest.mark.parametrize("length", [0, 1, 255, 256, 257, 600])
+def test_consume_counts_a_whole_stream_while_the_flusher_drains_the_queue_between_results(
+    length: int,
+) -> None:
+    stream = [
+        flow_result(f"ns-{number}", "api", start=T0).SerializeToString() for number in range(length)
+    ]
+    buffer = EdgeBuffer(sealed_until=None, flow_clock=lambda: T0 + BUCKET)
+
+    def delivered() -> Iterator[bytes]:
+        for data in stream:
+            yield data
+            buffer.count_queued()  # as the flusher's thread may, in the middle of a batch
+
+    buffer.consume(delivered())
+    assert buffer.received == length
+    assert buffer.sizes() == (length, 0)
 
 
 def _counting_key_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
