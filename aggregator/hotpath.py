@@ -7,8 +7,9 @@ result, and the receive rate is what decides whether a big cluster's trail is co
 the C helper (`_hotpath.c`, compiled at install when a C compiler is there) finds the three
 by walking the protobuf wire format, the FlowKey stays bytes (the buffer decodes each
 distinct key once and remembers its verdict in a `KeyTable`, which finds it by the key's
-bytes where they lie in the message), and `count_known` counts a run of results whose keys
-are known into the open bucket. Without the C helper, the Python versions below (and a dict
+bytes where they lie in the message), `count_known` counts a run of results whose keys
+are known into the open bucket, and `seal_bucket` counts a complete bucket's connections into
+their edges. Without the C helper, the Python versions below (and a dict
 for the table) give the same counts at a lower rate. tests/test_hotpath.py holds them to that.
 
 The C `flow_head` reads only the simple layout, the one protobuf writes: the FlowResult holds
