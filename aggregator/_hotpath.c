@@ -41,7 +41,7 @@ static inline const uint8_t *skip_varint(const uint8_t *p, const uint8_t *end) {
 /* Skips one field of wire type `wire_type`; returns the position after it, or NULL for a
  * group (deprecated, never sent by Goldmane), a wire type that does not exist, or a field
  * that runs past `end`. */
-static const uint8_t *skip_field(const uint8_t *p, const uint8_t *end, unsigned wire_type) {
+static inline const uint8_t *skip_field(const uint8_t *p, const uint8_t *end, unsigned wire_type) {
     uint64_t length;
     switch (wire_type) {
     case 0:
@@ -58,6 +58,21 @@ static const uint8_t *skip_field(const uint8_t *p, const uint8_t *end, unsigned 
     }
 }
 
+/* Reads a field's tag; returns the position after it, or NULL where protobuf refuses it: a
+ * tag over 32 bits or written in more than 5 bytes, or field number 0. */
+static inline const uint8_t *read_tag(const uint8_t *p, const uint8_t *end, uint64_t *number,
+                                      unsigned *wire_type) {
+    const uint8_t *tag_start = p;
+    uint64_t tag;
+    p = read_varint(p, end, &tag);
+    if (p == NULL || tag > UINT32_MAX || p - tag_start > 5 || tag >> 3 == 0) {
+        return NULL;
+    }
+    *number = tag >> 3;
+    *wire_type = (unsigned)(tag & 7);
+    return p;
+}
+
 /* Finds the one occurrence of length-delimited field `wanted` in [p, end); in `times`
  * (when not NULL) the last varint fields 2 and 3. Returns 0 unless exactly one was found
  * and every field is well formed. */
@@ -65,16 +80,10 @@ static int scan_message(const uint8_t *p, const uint8_t *end, uint64_t wanted,
                         const uint8_t **found, Py_ssize_t *found_length, int64_t *times) {
     int occurrences = 0;
     while (p < end) {
-        const uint8_t *tag_start = p;
-        uint64_t tag;
-        p = read_varint(p, end, &tag);
-        /* Protobuf refuses a tag over 32 bits or written in more than 5 bytes. */
-        if (p == NULL || tag > UINT32_MAX || p - tag_start > 5) {
-            return 0;
-        }
-        uint64_t number = tag >> 3;
-        unsigned wire_type = (unsigned)(tag & 7);
-        if (number == 0) {
+        uint64_t number;
+        unsigned wire_type;
+        p = read_tag(p, end, &number, &wire_type);
+        if (p == NULL) {
             return 0;
         }
         if (number == wanted) {
@@ -136,6 +145,229 @@ static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
     }
     PyBuffer_Release(&view);
     return head;
+}
+
+/* --- read_key: what the trail needs of a FlowKey, read without protobuf ------------------
+ *
+ * A stream's first bucket brings thousands of keys never seen, and decoding each with
+ * protobuf, reading its fields and naming its connection in Python cost about 30,000
+ * instructions a key. This reads the key once, checks what protobuf checks (every field well
+ * formed, every string UTF-8, the policy trace too), and returns None where the layout is one
+ * it does not read, so that protobuf decides: a known field with another wire type (protobuf
+ * keeps it as an unknown field), a group, a policy trace nested deeper than a real one.
+ */
+
+/* FlowKey's field numbers (proto/goldmane.proto) that the trail reads. */
+enum {
+    KEY_SOURCE_NAME = 1,
+    KEY_SOURCE_NAMESPACE = 2,
+    KEY_DEST_NAME = 4,
+    KEY_DEST_NAMESPACE = 5,
+    KEY_DEST_PORT = 7,
+    KEY_PROTO = 12,
+    KEY_REPORTER = 13,
+    KEY_ACTION = 14,
+    KEY_FIELDS = 16,
+};
+
+/* What a field of a message is, by its number: how it is checked. */
+typedef enum { UNKNOWN = 0, VARINT, STRING, POLICY_TRACE, POLICY_HIT } FieldKind;
+
+typedef struct {
+    const FieldKind *kinds;
+    uint64_t count;
+} Schema;
+
+/* source_name, source_namespace, source_type, dest_name, dest_namespace, dest_type, dest_port,
+ * dest_service_name, dest_service_namespace, dest_service_port_name, dest_service_port, proto,
+ * reporter, action, policies */
+static const FieldKind FLOW_KEY_KINDS[KEY_FIELDS] = {
+    [1] = STRING,  [2] = STRING,  [3] = VARINT,  [4] = STRING,  [5] = STRING,
+    [6] = VARINT,  [7] = VARINT,  [8] = STRING,  [9] = STRING,  [10] = STRING,
+    [11] = VARINT, [12] = STRING, [13] = VARINT, [14] = VARINT, [15] = POLICY_TRACE,
+};
+static const FieldKind POLICY_TRACE_KINDS[] = {[1] = POLICY_HIT, [2] = POLICY_HIT};
+/* kind, namespace, name, tier, action, policy_index, rule_index, trigger */
+static const FieldKind POLICY_HIT_KINDS[] = {
+    [1] = VARINT, [2] = STRING, [3] = STRING, [4] = STRING,
+    [5] = VARINT, [6] = VARINT, [7] = VARINT, [8] = POLICY_HIT,
+};
+#define SCHEMA(kinds) {kinds, sizeof kinds / sizeof *kinds}
+static const Schema FLOW_KEY = SCHEMA(FLOW_KEY_KINDS);
+static const Schema SCHEMAS[] = {
+    [POLICY_TRACE] = SCHEMA(POLICY_TRACE_KINDS),
+    [POLICY_HIT] = SCHEMA(POLICY_HIT_KINDS),
+};
+
+/* A PolicyHit's `trigger` is another PolicyHit; Calico's go one level deep. */
+#define MESSAGE_DEPTH_LIMIT 8
+
+/* Whether [p, p + length) is UTF-8 as Python's strict decoder (and protobuf) reads it. */
+static int is_utf8(const uint8_t *p, uint64_t length) {
+    for (uint64_t i = 0; i < length; i++) {
+        if (p[i] >= 0x80) {
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)length, NULL);
+            if (text == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(text);
+            return 1;
+        }
+    }
+    return 1;
+}
+
+typedef struct {
+    const uint8_t *data;
+    uint64_t length;
+} Span;
+
+/* Checks a serialised message of `schema` as protobuf reads it; 0 where the layout is not one
+ * this reads. Where `strings` and `varints` are given (indexed by field number), they receive
+ * the last occurrence of each string and varint field, as protobuf keeps it. */
+static int read_message(const uint8_t *p, const uint8_t *end, const Schema *schema, int depth,
+                        Span *strings, uint64_t *varints) {
+    if (depth > MESSAGE_DEPTH_LIMIT) {
+        return 0;
+    }
+    while (p < end) {
+        uint64_t number, value;
+        unsigned wire_type;
+        p = read_tag(p, end, &number, &wire_type);
+        if (p == NULL) {
+            return 0;
+        }
+        FieldKind kind = number < schema->count ? schema->kinds[number] : UNKNOWN;
+        if (kind == UNKNOWN) {
+            p = skip_field(p, end, wire_type);
+        } else if (kind == VARINT) {
+            p = wire_type == 0 ? read_varint(p, end, &value) : NULL;
+            if (p != NULL && varints != NULL) {
+                varints[number] = value;
+            }
+        } else {
+            p = wire_type == 2 ? read_varint(p, end, &value) : NULL;
+            if (p == NULL || value > (uint64_t)(end - p)) {
+                return 0;
+            }
+            int valid = kind == STRING ? is_utf8(p, value)
+                                       : read_message(p, p + value, &SCHEMAS[kind], depth + 1,
+                                                      NULL, NULL);
+            if (!valid) {
+                return 0;
+            }
+            if (strings != NULL) {
+                strings[number] = (Span){p, value};
+            }
+            p += value;
+        }
+        if (p == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int varint_size(uint64_t value) {
+    int size = 1;
+    for (; value >= 0x80; value >>= 7) {
+        size++;
+    }
+    return size;
+}
+
+static uint8_t *write_varint(uint8_t *out, uint64_t value) {
+    for (; value >= 0x80; value >>= 7) {
+        *out++ = (uint8_t)(value | 0x80);
+    }
+    *out++ = (uint8_t)value;
+    return out;
+}
+
+/* The fields that name a connection, in the order protobuf writes them. */
+static const int CONNECTION_FIELDS[] = {KEY_SOURCE_NAME, KEY_SOURCE_NAMESPACE, KEY_DEST_NAME,
+                                        KEY_DEST_NAMESPACE, KEY_DEST_PORT, KEY_PROTO};
+
+/* The connection's name: a FlowKey holding only the fields that name it, serialised as
+ * protobuf serialises it, each byte one character (aggregator.mapping.key_fields makes the
+ * same string). A string, not bytes: the open bucket's dict looks up string keys faster. */
+static PyObject *connection_name(const Span *strings, const uint64_t *varints) {
+    size_t size = 0;
+    for (size_t i = 0; i < sizeof CONNECTION_FIELDS / sizeof *CONNECTION_FIELDS; i++) {
+        int number = CONNECTION_FIELDS[i];
+        if (number == KEY_DEST_PORT) {
+            size += varints[number] ? 1 + varint_size(varints[number]) : 0;
+        } else if (strings[number].length) {
+            size += 1 + varint_size(strings[number].length) + strings[number].length;
+        }
+    }
+    uint8_t on_stack[512];
+    uint8_t *serialised = size <= sizeof on_stack ? on_stack : PyMem_Malloc(size);
+    if (serialised == NULL) {
+        return PyErr_NoMemory();
+    }
+    uint8_t *out = serialised;
+    for (size_t i = 0; i < sizeof CONNECTION_FIELDS / sizeof *CONNECTION_FIELDS; i++) {
+        int number = CONNECTION_FIELDS[i];
+        if (number == KEY_DEST_PORT && varints[number]) {
+            *out++ = (uint8_t)(number << 3);
+            out = write_varint(out, varints[number]);
+        } else if (number != KEY_DEST_PORT && strings[number].length) {
+            *out++ = (uint8_t)(number << 3 | 2);
+            out = write_varint(out, strings[number].length);
+            memcpy(out, strings[number].data, strings[number].length);
+            out += strings[number].length;
+        }
+    }
+    PyObject *name = PyUnicode_DecodeLatin1((const char *)serialised, (Py_ssize_t)size, NULL);
+    if (serialised != on_stack) {
+        PyMem_Free(serialised);
+    }
+    return name;
+}
+
+static PyObject *decode_string(Span value) {
+    return PyUnicode_DecodeUTF8((const char *)value.data, (Py_ssize_t)value.length, NULL);
+}
+
+/* An enum as protobuf reads it: the varint's low 32 bits, signed. */
+static PyObject *enum_value(uint64_t varint) {
+    return PyLong_FromLong((long)(int32_t)(uint32_t)varint);
+}
+
+static PyObject *read_key(PyObject *Py_UNUSED(module), PyObject *key) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(key, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    Span strings[KEY_FIELDS] = {{NULL, 0}};
+    uint64_t varints[KEY_FIELDS] = {0};
+    const uint8_t *data = view.buf;
+    PyObject *fields;
+    if (read_message(data, data + view.len, &FLOW_KEY, 0, strings, varints)) {
+        PyObject *items[] = {
+            decode_string(strings[KEY_SOURCE_NAMESPACE]),
+            decode_string(strings[KEY_DEST_NAMESPACE]),
+            enum_value(varints[KEY_REPORTER]),
+            enum_value(varints[KEY_ACTION]),
+            connection_name(strings, varints),
+        };
+        const size_t count = sizeof items / sizeof *items;
+        fields = PyTuple_New((Py_ssize_t)count);
+        for (size_t i = 0; i < count; i++) {
+            if (fields != NULL && items[i] != NULL) {
+                PyTuple_SET_ITEM(fields, (Py_ssize_t)i, items[i]);
+            } else {
+                Py_XDECREF(items[i]);
+                Py_CLEAR(fields);
+            }
+        }
+    } else {
+        fields = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&view);
+    return fields;
 }
 
 /* --- KeyTable: serialised FlowKey -> verdict, looked up by the key's bytes in place --------
@@ -580,6 +812,8 @@ static PyObject *seal_bucket(PyObject *Py_UNUSED(module), PyObject *args) {
 static PyMethodDef methods[] = {
     {"flow_head", flow_head, METH_O,
      "(key, start_time, end_time) of a serialised FlowResult, or None: see aggregator.hotpath."},
+    {"read_key", read_key, METH_O,
+     "What the trail reads of a serialised FlowKey, or None: see aggregator.hotpath."},
     {"count_known", count_known, METH_VARARGS,
      "Count a run of simple results: see aggregator.hotpath.count_known_python."},
     {"seal_bucket", seal_bucket, METH_VARARGS,

@@ -1,6 +1,7 @@
 from collections import Counter
 
 from aggregator.hotpath import KeyVerdict, KeyVerdicts
+from aggregator.mapping import KeyFields
 
 class KeyTable:
     def __init__(self, seed: int) -> None: ...
@@ -12,6 +13,7 @@ class KeyTable:
     def __setitem__(self, key: bytes, value: KeyVerdict | str, /) -> None: ...
 
 def flow_head(data: bytes, /) -> tuple[bytes, int, int] | None: ...
+def read_key(key: bytes, /) -> KeyFields | None: ...
 def count_known(
     batch: list[bytes],
     index: int,

@@ -25,6 +25,8 @@ from aggregator.hotpath import (
     count_known,
     flow_head,
     new_key_table,
+    read_key,
+    read_key_python,
     seal_bucket,
 )
 from aggregator.mapping import (
@@ -35,9 +37,9 @@ from aggregator.mapping import (
     SKIP_NO_KEY,
     SKIP_OVERSIZED,
     SKIP_UNDECODABLE,
-    Connection,
+    KeyFields,
     is_bad_time,
-    target_of,
+    rank_of,
 )
 from aggregator.wire import goldmane_pb2
 
@@ -60,7 +62,7 @@ _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # the memory when full would make every key miss: it keeps what it holds (those keys still
 # hit), decodes the others each time, and starts again from empty only after as many of
 # those decodes as it holds, so that the keys of connections gone do not stay forever. The
-# price: a memory full of such keys costs up to that many decodes (~0.3 s) before it empties.
+# price: a memory full of such keys costs up to that many decodes (under 0.3 s) before it empties.
 _KEY_CACHE_LIMIT = 65_536
 # A FlowResult is about 500 bytes; one this long (gRPC's default message limit) is no flow
 # report that the trail can use, and is skipped.
@@ -93,12 +95,15 @@ class Batch:
             self.sealed_until = max(self.sealed_until or 0, other.sealed_until)
 
 
-def _key_verdict(connection: Connection, rank: int) -> KeyVerdict:
+def _key_verdict(fields: KeyFields, rank: int) -> KeyVerdict:
     """The verdict of a flow key on its connection, with the edge it makes."""
-    edge = (connection[0], connection[2], ACTION_BY_RANK[rank])
-    # Namespaces are RFC 1123 labels (target_of checks) and actions single words: no spaces.
+    src_ns, dst_ns, _, _, connection = fields
+    action = ACTION_BY_RANK[rank]
+    # Namespaces are RFC 1123 labels (rank_of checks) and actions single words: no spaces.
     # Interned: the keys of one edge share its name, as they share its namespaces.
-    return KeyVerdict(repr(connection), rank, edge, sys.intern(" ".join(edge)))
+    return KeyVerdict(
+        connection, rank, (src_ns, dst_ns, action), sys.intern(f"{src_ns} {dst_ns} {action}")
+    )
 
 
 class _SealedCounts:
@@ -321,17 +326,17 @@ class EdgeBuffer:
 
     def _verdict_of_key(self, key: bytes) -> KeyVerdict | str:
         self.keys_decoded += 1
+        # The C reader leaves unusual layouts to protobuf, the authority on what they mean.
+        fields = read_key(key) or read_key_python(key)
         verdict: KeyVerdict | str
-        try:
-            flow_key = goldmane_pb2.FlowKey.FromString(key)
-        except DecodeError:
+        if fields is None:
             # Remembered too (while there is room): the C reader does not look inside a key,
             # so such a key can come result after result, and protobuf would refuse it every
             # time.
             verdict = SKIP_UNDECODABLE
         else:
-            target = target_of(flow_key)
-            verdict = target if isinstance(target, str) else _key_verdict(*target)
+            rank = rank_of(fields)
+            verdict = rank if isinstance(rank, str) else _key_verdict(fields, rank)
         if len(self._key_verdicts) < _KEY_CACHE_LIMIT:
             self._key_verdicts[key] = verdict
         else:

@@ -5,12 +5,12 @@ which verdict) and the flow's start and end time. Decoding the whole message, la
 counters included, and then coalescing it in Python cost more than gRPC's own work per
 result, and the receive rate is what decides whether a big cluster's trail is complete. So
 the C helper (`_hotpath.c`, compiled at install when a C compiler is there) finds the three
-by walking the protobuf wire format, the FlowKey stays bytes (the buffer decodes each
-distinct key once and remembers its verdict in a `KeyTable`, which finds it by the key's
-bytes where they lie in the message), `count_known` counts a run of results whose keys
+by walking the protobuf wire format, the FlowKey stays bytes (the buffer reads each distinct
+key once, with `read_key`, and remembers its verdict in a `KeyTable`, which finds it by the
+key's bytes where they lie in the message), `count_known` counts a run of results whose keys
 are known into the open bucket, and `seal_bucket` counts a complete bucket's connections into
-their edges. Without the C helper, the Python versions below (and a dict
-for the table) give the same counts at a lower rate. tests/test_hotpath.py holds them to that.
+their edges. Without the C helper, the Python versions below (and a dict for the table) give
+the same counts at a lower rate. tests/test_hotpath.py holds them to that.
 
 The C `flow_head` reads only the simple layout, the one protobuf writes: the FlowResult holds
 field 2 (`flow`) exactly once, and that Flow holds field 1 (`Key`) exactly once, both
@@ -20,6 +20,11 @@ would merge, a group, a wire type that does not exist, a field that runs past it
 gives None, and the caller decodes the message with protobuf, the authority on what an
 unusual message means. It does not look inside fields it does not read: a label that is not
 UTF-8, which protobuf refuses, does not stop it.
+
+The C `read_key` reads a FlowKey as protobuf does, checking every field, the policy trace's
+included, and gives None for a layout it leaves to protobuf (a known field with another wire
+type, a group, a policy hit nested deeper than Calico nests them). The fields it returns are
+`mapping.key_fields`'s, the connection's name byte for byte.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Final, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
+from aggregator.mapping import KeyFields, key_fields
 from aggregator.wire import goldmane_pb2
 
 FlowHead = tuple[bytes, int, int]
@@ -41,7 +47,7 @@ class KeyVerdict(NamedTuple):
     """What a flow key reports. A tuple, so that the C version reads it by position."""
 
     connection: str
-    """The connection, as one string: Python computes a string's hash once, a tuple's each time."""
+    """The connection, named as `mapping.key_fields` names it: a string, whose hash Python keeps."""
     rank: int
     """The verdict's rank: a connection counts with the highest rank any of its keys reported."""
     edge: tuple[str, str, str]
@@ -73,6 +79,14 @@ def flow_head_python(data: bytes) -> FlowHead | None:
     if not flow.HasField("Key"):
         return None
     return flow.Key.SerializeToString(), flow.start_time, flow.end_time
+
+
+def read_key_python(key: bytes) -> KeyFields | None:
+    """`read_key` with protobuf doing the reading; None where protobuf refuses the key."""
+    try:
+        return key_fields(goldmane_pb2.FlowKey.FromString(key))
+    except DecodeError:
+        return None
 
 
 def count_known_python(
@@ -160,10 +174,12 @@ try:
     from aggregator._hotpath import KeyTable as _KeyTable
     from aggregator._hotpath import count_known as count_known
     from aggregator._hotpath import flow_head as flow_head
+    from aggregator._hotpath import read_key as read_key
     from aggregator._hotpath import seal_bucket as seal_bucket
 except ImportError:  # no C compiler at install: the same counts, slower
     _KeyTable = None  # type: ignore[assignment,misc]
     count_known, flow_head = count_known_python, flow_head_python
+    read_key = read_key_python
     seal_bucket = seal_bucket_python
 COMPILED: Final = _KeyTable is not None
 """Whether the C helper is in use (the daemon logs it: it decides the receive rate)."""

@@ -19,13 +19,13 @@ RANK_PASS: Final = 1
 RANK_ALLOW: Final = 2
 RANK_DENY: Final = 3
 ACTION_BY_RANK: Final = ("unspecified", "pass", "allow", "deny")
-_RANK_BY_WIRE_ACTION: Final = {
+_RANK_BY_WIRE_ACTION: Final[dict[int, int]] = {
     goldmane_pb2.ActionUnspecified: RANK_UNSPECIFIED,
     goldmane_pb2.Allow: RANK_ALLOW,
     goldmane_pb2.Deny: RANK_DENY,
     goldmane_pb2.Pass: RANK_PASS,
 }
-_KNOWN_REPORTERS: Final = frozenset(
+_KNOWN_REPORTERS: Final[frozenset[int]] = frozenset(
     (goldmane_pb2.ReporterUnspecified, goldmane_pb2.Src, goldmane_pb2.Dst)
 )
 
@@ -58,11 +58,9 @@ SKIP_REASONS: Final = (
     SKIP_OVERSIZED,
 )
 
-Connection = tuple[str, str, str, str, int, str]
-"""(src_ns, src_name, dst_ns, dst_name, dst_port, proto)"""
-
-Target = tuple[Connection, int]
-"""What a flow key reports: its connection and the rank of its verdict."""
+KeyFields = tuple[str, str, int, int, str]
+"""What the trail reads of a FlowKey: (source_namespace, dest_namespace, reporter, action,
+connection), the connection as `key_fields` names it."""
 
 
 # Namespaces repeat endlessly; remembering the verdict keeps the regex off the hot path.
@@ -84,20 +82,44 @@ def _is_namespace(name: str) -> bool:
     return verdict
 
 
-def target_of(key: goldmane_pb2.FlowKey) -> Target | str:
-    """The connection a flow key reports on and its verdict rank, or a skip reason."""
-    src_ns = key.source_namespace
-    dst_ns = key.dest_namespace
+def key_fields(key: goldmane_pb2.FlowKey) -> KeyFields:
+    """What the trail reads of a decoded FlowKey.
+
+    The connection is named by a FlowKey that holds only the six fields that make it,
+    serialised, each byte one character: a string, whose hash Python keeps, that two keys
+    share exactly when they report on the same connection. The C `read_key` makes the same
+    string without protobuf.
+    """
+    connection = goldmane_pb2.FlowKey(
+        source_name=key.source_name,
+        source_namespace=key.source_namespace,
+        dest_name=key.dest_name,
+        dest_namespace=key.dest_namespace,
+        dest_port=key.dest_port,
+        proto=key.proto,
+    )
+    return (
+        key.source_namespace,
+        key.dest_namespace,
+        key.reporter,
+        key.action,
+        connection.SerializeToString().decode("latin-1"),
+    )
+
+
+def rank_of(fields: KeyFields) -> int | str:
+    """The rank of the verdict a flow key reports on its connection, or why it is skipped."""
+    src_ns, dst_ns, reporter, action, _ = fields
     if not src_ns or not dst_ns or src_ns == NOT_NAMESPACED or dst_ns == NOT_NAMESPACED:
         return SKIP_NOT_NAMESPACED
     if not _is_namespace(src_ns) or not _is_namespace(dst_ns):
         return SKIP_INVALID_NAMESPACE
     if src_ns == dst_ns:
         return SKIP_SELF_EDGE
-    rank = _RANK_BY_WIRE_ACTION.get(key.action)
-    if rank is None or key.reporter not in _KNOWN_REPORTERS:
+    rank = _RANK_BY_WIRE_ACTION.get(action)
+    if rank is None or reporter not in _KNOWN_REPORTERS:
         return SKIP_UNKNOWN_ENUM
-    return (src_ns, key.source_name, dst_ns, key.dest_name, key.dest_port, key.proto), rank
+    return rank
 
 
 def is_bad_time(start: int, end: int) -> bool:

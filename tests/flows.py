@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from aggregator import buffer as buffer_module
-from aggregator.hotpath import count_known_python, flow_head_python, seal_bucket_python
+from aggregator.hotpath import (
+    count_known_python,
+    flow_head_python,
+    read_key_python,
+    seal_bucket_python,
+)
 from aggregator.wire import goldmane_pb2 as pb
 
 BUCKET = 15
@@ -51,3 +56,4 @@ def use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setattr(buffer_module, "count_known", count_known_python)
         monkeypatch.setattr(buffer_module, "new_key_table", dict)
         monkeypatch.setattr(buffer_module, "seal_bucket", seal_bucket_python)
+        monkeypatch.setattr(buffer_module, "read_key", read_key_python)

@@ -9,7 +9,6 @@ import sysconfig
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -22,9 +21,10 @@ from aggregator.hotpath import (
     KeyVerdicts,
     count_known_python,
     flow_head_python,
+    read_key_python,
     seal_bucket_python,
 )
-from aggregator.mapping import SKIP_UNDECODABLE
+from aggregator.mapping import SKIP_UNDECODABLE, KeyFields, key_fields
 from aggregator.wire import goldmane_pb2 as pb
 from tests.flows import BUCKET, flow_result, use_receive_path
 
@@ -204,6 +204,172 @@ def test_the_python_flow_head_is_what_protobuf_decodes() -> None:
     assert flow_head_python(result.SerializeToString()) == expected
     assert flow_head_python(pb.FlowResult(id=1).SerializeToString()) is None
     assert flow_head_python(b"\xff\xff") is None
+
+
+# --- read_key -----------------------------------------------------------------------------------
+
+_NAMES = ["api", "dbaas", "-", "", "café", "名前", "a" * 200]
+
+
+def _random_policy_hit(rng: random.Random, depth: int) -> pb.PolicyHit:
+    hit = pb.PolicyHit(
+        kind=rng.choice([0, 1, 5, 2**31 - 1]),
+        namespace=rng.choice(_NAMES),
+        name=rng.choice(_NAMES),
+        tier=rng.choice(["default", ""]),
+        action=rng.choice([pb.Allow, pb.Deny, -1]),
+        policy_index=rng.choice([0, 3, -1]),
+        rule_index=rng.choice([0, 2**40]),
+    )
+    if depth < 3 and rng.random() < 0.5:
+        hit.trigger.CopyFrom(_random_policy_hit(rng, depth + 1))
+    return hit
+
+
+def _random_key(rng: random.Random) -> pb.FlowKey:
+    key = pb.FlowKey(
+        source_name=rng.choice(_NAMES),
+        source_namespace=rng.choice(_NAMES),
+        source_type=rng.choice([0, 1, 3, 99]),
+        dest_name=rng.choice(_NAMES),
+        dest_namespace=rng.choice(_NAMES),
+        dest_type=rng.choice([0, 2]),
+        dest_port=rng.choice([0, 80, 65535, -1, 2**40]),
+        dest_service_name=rng.choice(_NAMES),
+        dest_service_port=rng.choice([0, 443]),
+        proto=rng.choice(["tcp", "udp", ""]),
+        reporter=rng.choice([pb.Src, pb.Dst, 0, 9, -7, 2**31 - 1]),
+        action=rng.choice([pb.Allow, pb.Deny, pb.Pass, 0, 7, -1]),
+    )
+    for policies in (key.policies.enforced_policies, key.policies.pending_policies):
+        policies.extend(_random_policy_hit(rng, 0) for _ in range(rng.randrange(3)))
+    return key
+
+
+def _fields_apart(message: pb.FlowKey) -> list[bytes]:
+    """Each field of a message serialised on its own: concatenated in any order, the same key."""
+    parts = []
+    for descriptor, _ in message.ListFields():
+        single = pb.FlowKey()
+        single.MergeFrom(message)
+        for other, _ in message.ListFields():
+            if other is not descriptor:
+                single.ClearField(other.name)
+        parts.append(single.SerializeToString())
+    return parts
+
+
+def _key_layouts(rng: random.Random, key: pb.FlowKey) -> Iterator[tuple[bytes, bool]]:
+    """Encodings of a key, each with whether protobuf could have written it (C must read it)."""
+    canonical = key.SerializeToString()
+    yield canonical, True
+    parts = _fields_apart(key)
+    rng.shuffle(parts)
+    yield b"".join(parts), True
+    # Every field given twice: the last occurrence wins, the policy traces merge.
+    yield _random_key(rng).SerializeToString() + canonical, True
+    unknowns = (
+        _field(99, 0, _varint(2**63 + 5))
+        + _field(98, 1, b"\x01" * 8)
+        + _field(97, 5, b"\x02" * 4)
+        + _length_delimited(96, b"\xff not UTF-8: unknown fields are not read")
+    )
+    yield unknowns + canonical + unknowns, True
+    # Enums and ports written in 10 bytes, with bits past 64.
+    yield (
+        canonical + _field(14, 0, b"\xff" * 9 + b"\x7f") + _field(7, 0, b"\x81" * 9 + b"\x01"),
+        True,
+    )
+    # Not UTF-8, surrogates, overlong: in each string field, in a policy hit, in a trigger.
+    for bad in (b"\xff", b"\xed\xa0\x80", b"\xc0\x80", b"ok\xe2\x82"):
+        number = rng.choice([1, 2, 4, 5, 8, 9, 10, 12])
+        yield canonical + _length_delimited(number, bad), False
+        hit = _length_delimited(rng.choice([2, 3, 4]), bad)
+        trigger = _length_delimited(8, _length_delimited(8, hit))
+        yield canonical + _length_delimited(15, _length_delimited(rng.choice([1, 2]), hit)), False
+        yield canonical + _length_delimited(15, _length_delimited(1, trigger)), False
+    # A known field with another wire type (protobuf keeps it as an unknown field), a group, a
+    # wire type that does not exist, a field 0, a trigger nested deeper than Calico's.
+    yield canonical + _field(rng.choice([2, 5, 12, 15]), 0, _varint(3)), False
+    yield canonical + _length_delimited(13, b"\x01"), False
+    yield canonical + _length_delimited(15, _field(7, 3, b"") + _field(7, 4, b"")), False
+    yield canonical + _field(51, 6, b""), False
+    yield b"\x00\x00" + canonical, False
+    deep = _length_delimited(3, b"deep")
+    for _ in range(12):
+        deep = _length_delimited(8, deep)
+    yield canonical + _length_delimited(15, _length_delimited(1, deep)), False
+    # Truncated anywhere, and bytes flipped anywhere.
+    yield canonical[: rng.randrange(len(canonical) + 1)], False
+    damaged = bytearray(canonical)
+    for _ in range(rng.randrange(1, 4)):
+        if damaged:
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+    yield bytes(damaged), False
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(4))
+def test_the_c_read_key_reads_what_protobuf_reads(seed: int) -> None:
+    rng = random.Random(seed)
+    read = stepped_aside = 0
+    for _ in range(300):
+        for data, protobuf_could_write_it in _key_layouts(rng, _random_key(rng)):
+            fields = hotpath.read_key(data)
+            expected = read_key_python(data)
+            if protobuf_could_write_it:
+                assert fields is not None, data.hex()
+            if fields is None:
+                stepped_aside += 1  # the buffer asks protobuf
+                continue
+            # Where protobuf refuses a key, the C reader must too: else it would count it.
+            assert fields == expected, data.hex()
+            read += 1
+    assert read > 1_000 and stepped_aside > 1_000  # both sides of the reader were exercised
+
+
+def test_a_connection_is_named_by_its_six_fields_and_nothing_else() -> None:
+    key = pb.FlowKey(
+        source_name="web-1",
+        source_namespace="frontend",
+        dest_name="db-0",
+        dest_namespace="dbaas",
+        dest_port=5432,
+        proto="tcp",
+        reporter=pb.Src,
+        action=pb.Allow,
+    )
+    readers = [lambda k: key_fields(k)[4]]
+    if hotpath.COMPILED:
+        readers.append(lambda k: hotpath.read_key(k.SerializeToString())[4])
+    for read_connection in readers:
+        connection = read_connection(key)
+        same = pb.FlowKey()
+        same.CopyFrom(key)
+        same.reporter, same.action, same.dest_service_name, same.source_type = (
+            pb.Dst,
+            pb.Deny,
+            "db",
+            3,
+        )
+        same.policies.enforced_policies.add(name="allow-db")
+        assert read_connection(same) == connection
+        for name, other_value in [
+            ("source_name", "web-2"),
+            ("source_namespace", "frontend2"),
+            ("dest_name", ""),
+            ("dest_namespace", "dbaas2"),
+            ("dest_port", 5433),
+            ("proto", "udp"),
+        ]:
+            other = pb.FlowKey()
+            other.CopyFrom(key)
+            setattr(other, name, other_value)
+            assert read_connection(other) != connection, name
+        # A value that runs into the next field's cannot make two connections one.
+        left = pb.FlowKey(source_name="a", dest_name="bc")
+        right = pb.FlowKey(source_name="ab", dest_name="c")
+        assert read_connection(left) != read_connection(right)
 
 
 # --- KeyTable -----------------------------------------------------------------------------------
@@ -492,17 +658,15 @@ def test_consume_counts_a_whole_stream_while_the_flusher_drains_the_queue_betwee
 
 
 def _counting_key_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The FlowKeys the buffer decodes from now on (not whole results, which the fallback reads)."""
+    """The FlowKeys the buffer reads from now on (by the receive path in use)."""
     decoded: list[bytes] = []
+    read_key = buffer_module.read_key
 
-    class CountingFlowKey:
-        @staticmethod
-        def FromString(data: bytes) -> pb.FlowKey:
-            decoded.append(data)
-            return pb.FlowKey.FromString(data)
+    def counting_read_key(key: bytes) -> KeyFields | None:
+        decoded.append(key)
+        return read_key(key)
 
-    wire = SimpleNamespace(FlowKey=CountingFlowKey, FlowResult=pb.FlowResult)
-    monkeypatch.setattr(buffer_module, "goldmane_pb2", wire)
+    monkeypatch.setattr(buffer_module, "read_key", counting_read_key)
     return decoded
 
 

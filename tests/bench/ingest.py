@@ -103,7 +103,7 @@ from common import (
 import aggregator.store.ingest
 from aggregator.daemon import Daemon
 from aggregator.goldmane_client import open_channel, stream_flows
-from aggregator.mapping import ACTION_BY_RANK, SKIP_NO_KEY, is_bad_time, target_of
+from aggregator.mapping import ACTION_BY_RANK, is_bad_time, key_fields, rank_of
 from aggregator.pki import Pki, make_pki
 from aggregator.settings import DaemonSettings, GoldmaneSettings
 from aggregator.store.migrations import migrate
@@ -388,15 +388,17 @@ def _measure_naive(args: argparse.Namespace) -> Run:
             def upsert(data: bytes) -> None:
                 nonlocal statements
                 flow = pb.FlowResult.FromString(data).flow
-                target = target_of(flow.Key) if flow.HasField("Key") else SKIP_NO_KEY
-                if isinstance(target, str) or is_bad_time(flow.start_time, flow.end_time):
+                if not flow.HasField("Key"):
                     return
-                connection, rank = target
+                fields = key_fields(flow.Key)
+                rank = rank_of(fields)
+                if isinstance(rank, str) or is_bad_time(flow.start_time, flow.end_time):
+                    return
                 execute(
                     NAIVE_UPSERT,
                     (
-                        connection[0],
-                        connection[2],
+                        fields[0],
+                        fields[1],
                         ACTION_BY_RANK[rank],
                         flow.start_time,
                         flow.end_time,
