@@ -18,10 +18,18 @@ the batch, happens once a stream. Instructions are not time (cache misses and th
 not in them): use this to compare two versions of the code, and ingest.py for what the
 machine achieves.
 
-  python tests/bench/instructions.py             # 10 buckets of 4,000 results, about 15 s
+It then sets the loop beside gRPC's own work, the same way: the load generator (ingest.py's,
+loadgen.js) streams the buckets over mTLS, and a client counts the instructions of its main
+thread, the one that receives, per result of the later buckets: A receives them without
+decoding (ingest.py's raw limit), B hands them to the daemon's receive loop. B's share of A's
+instructions is what the ratio F / A of ingest.py would be if an instruction took the same time
+wherever it runs (it does not: the loop's hash tables miss the cache more often than gRPC does).
+
+  python tests/bench/instructions.py             # 10 buckets of 4,000 results, about 90 s
   python tests/bench/instructions.py --smoke     # 4 buckets of 100 results: for CI
 
-It needs valgrind. Run it from the repository root with the dev virtualenv.
+It needs valgrind, and node for the load generator. Run it from the repository root with the
+dev virtualenv.
 """
 
 from __future__ import annotations
@@ -37,10 +45,23 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from common import BUCKET, T0, prog, read_messages, write_bucket_template
+from common import (
+    BUCKET,
+    T0,
+    client_settings,
+    ensure_node_modules,
+    prog,
+    read_messages,
+    start_loadgen,
+    stop_loadgen,
+    write_bucket_template,
+)
 
 from aggregator import hotpath
 from aggregator.buffer import EdgeBuffer
+from aggregator.goldmane_client import open_channel, stream_flows
+from aggregator.pki import make_pki
+from aggregator.settings import GoldmaneSettings
 
 DEFAULT_EDGES: Final = 1_000  # 4,000 results per bucket, as in ingest.py
 DEFAULT_BUCKETS: Final = 10
@@ -69,24 +90,91 @@ def run_worker(data: Path, per_bucket: int, flow_clock: int) -> None:
         raise SystemExit(f"{prog()}: received {buffer.received:,}, skipped {buffer.skipped}")
 
 
-def count_phases(script: Path, data: Path, per_bucket: int, flow_clock: int) -> list[int]:
-    """Run the worker under callgrind; the instructions of each of its three phases."""
-    out_file = data.parent / "callgrind.out"
+def run_receive_worker(
+    kind: str, settings: GoldmaneSettings, per_bucket: int, flow_clock: int
+) -> None:
+    """Receive the load generator's stream: its later buckets counted as A (raw) or B (loop)."""
+    channel = open_channel(settings)
+    try:
+        _, results = stream_flows(channel, T0)
+        buffer = EdgeBuffer(
+            sealed_until=None, flow_clock=itertools.repeat(float(flow_clock)).__next__
+        )
+        # The first buckets go to the loop in both kinds: the connection is up, keys are known.
+        buffer.consume(itertools.islice(results, WARM_BUCKETS * per_bucket))
+        gc.collect()
+        gc.freeze()
+        os.sched_yield()  # callgrind dumps here: the later buckets are counted from now
+        if kind == "A":
+            received = WARM_BUCKETS * per_bucket
+            for _ in results:
+                received += 1
+        else:
+            buffer.consume(results)
+            buffer.count_queued()
+            received = buffer.received
+        os.sched_yield()
+    finally:
+        channel.close()
+    if sum(buffer.skipped.values()) or received % per_bucket:
+        raise SystemExit(f"{prog()}: received {received:,}, skipped {buffer.skipped}")
+
+
+def callgrind(arguments: list[str], out_file: Path, *, separate_threads: bool = False) -> None:
+    """Run this script with `arguments` under callgrind, dumping counts at each sched_yield."""
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"]
-    command += ["--dump-before=sched_yield", sys.executable, str(script), "--worker"]
-    command += ["--data", str(data), "--per-bucket", str(per_bucket)]
-    command += ["--flow-clock", str(flow_clock)]
+    command += [
+        "--dump-before=sched_yield",
+        f"--separate-threads={'yes' if separate_threads else 'no'}",
+    ]
+    command += [sys.executable, str(Path(__file__).resolve()), *arguments]
     completed = subprocess.run(
         command, env=os.environ | WORKER_ENVIRONMENT, capture_output=True, text=True, check=False
     )
     if completed.returncode != 0:
         tail = (completed.stdout + completed.stderr).strip().splitlines()[-3:]
         raise SystemExit(f"{prog()}: the worker failed: {' / '.join(tail)}")
+
+
+def count_phases(data: Path, per_bucket: int, flow_clock: int) -> list[int]:
+    """Run the worker under callgrind; the instructions of each of its three phases."""
+    out_file = data.parent / "callgrind.out"
+    arguments = ["--worker", "--data", str(data), "--per-bucket", str(per_bucket)]
+    callgrind([*arguments, "--flow-clock", str(flow_clock)], out_file)
     # Dump 1 holds start-up, dumps 2 to 4 the phases; callgrind.out itself what came after.
     dumps = sorted(data.parent.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:]))
     if len(dumps) != 4:
         raise SystemExit(f"{prog()}: expected 4 callgrind dumps, found {len(dumps)}")
     return [_totals(dump) for dump in dumps[1:]]
+
+
+def count_receive(kind: str, tmp: Path, edges: int, buckets: int) -> tuple[int, int]:
+    """(instructions of the receiving thread over the later buckets, results in them)."""
+    template = write_bucket_template(tmp / "bucket.bin", edges)
+    pki = make_pki(tmp / "pki")
+    results = buckets * template.per_bucket
+    # The load generator on a CPU of its own where there are two, as in ingest.py.
+    loadgen_cpu = max(os.sched_getaffinity(0))
+    loadgen, port = start_loadgen(
+        template.path,
+        results,
+        pki.ca_cert,
+        pki.server_cert,
+        pki.server_key,
+        loadgen_cpu,
+        ["--bucket-seconds", str(BUCKET), "--framed"],
+    )
+    out_file = tmp / f"receive-{kind}.out"
+    try:
+        arguments = ["--receive-worker", kind, "--port", str(port), "--ca", str(pki.ca_cert)]
+        arguments += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+        arguments += ["--per-bucket", str(template.per_bucket)]
+        arguments += ["--flow-clock", str(T0 + (buckets + 1) * BUCKET)]
+        callgrind(arguments, out_file, separate_threads=True)
+    finally:
+        stop_loadgen(loadgen)
+    # With threads apart, the main thread's (thread 1's) dump at the second sched_yield.
+    return _totals(tmp / f"{out_file.name}.2-01"), results - WARM_BUCKETS * template.per_bucket
 
 
 def _totals(dump: Path) -> int:
@@ -99,7 +187,6 @@ def _totals(dump: Path) -> int:
 def run_benchmark(edges: int, buckets: int) -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit(f"{prog()}: needs valgrind on PATH")
-    script = Path(__file__).resolve()
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         template = write_bucket_template(Path(tmp) / "buckets.bin", edges, buckets)
         per_bucket = template.per_bucket
@@ -111,7 +198,9 @@ def run_benchmark(edges: int, buckets: int) -> int:
         )
         # Just past the push of the last bucket (two widths after its start): the recent past.
         flow_clock = T0 + (buckets + 1) * BUCKET
-        first, _, later = count_phases(script, template.path, per_bucket, flow_clock)
+        first, _, later = count_phases(template.path, per_bucket, flow_clock)
+        ensure_node_modules()
+        receive = {kind: count_receive(kind, Path(tmp), edges, buckets) for kind in ("A", "B")}
     per_first = first / per_bucket
     per_later = later / ((buckets - WARM_BUCKETS) * per_bucket)
     print(f"first bucket (every key new):  {per_first:>9,.0f} instructions per result")
@@ -120,6 +209,11 @@ def run_benchmark(edges: int, buckets: int) -> int:
         f"(buckets {WARM_BUCKETS + 1} to {buckets})"
     )
     print(f"a new key costs {per_first / per_later:.1f} times a known one")
+    per_result = {kind: count / results for kind, (count, results) in receive.items()}
+    print(f"receiving over mTLS, the receiving thread, buckets {WARM_BUCKETS + 1} to {buckets}:")
+    print(f"  A raw receive, nothing decoded:  {per_result['A']:>9,.0f} instructions per result")
+    print(f"  B the daemon's receive loop:     {per_result['B']:>9,.0f} instructions per result")
+    print(f"  A / B: {per_result['A'] / per_result['B']:.3f}")
     return 0
 
 
@@ -144,9 +238,17 @@ def main() -> int:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--per-bucket", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--flow-clock", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--receive-worker", choices=["A", "B"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    for name in ("--ca", "--cert", "--key"):
+        parser.add_argument(name, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(Path(args.data), args.per_bucket, args.flow_clock)
+        return 0
+    if args.receive_worker:
+        settings = client_settings(args.port, args.ca, args.cert, args.key)
+        run_receive_worker(args.receive_worker, settings, args.per_bucket, args.flow_clock)
         return 0
     if args.smoke:
         return run_benchmark(SMOKE_EDGES, SMOKE_BUCKETS)
