@@ -269,14 +269,6 @@ static int read_message(const uint8_t *p, const uint8_t *end, const Schema *sche
     return 1;
 }
 
-static int varint_size(uint64_t value) {
-    int size = 1;
-    for (; value >= 0x80; value >>= 7) {
-        size++;
-    }
-    return size;
-}
-
 static uint8_t *write_varint(uint8_t *out, uint64_t value) {
     for (; value >= 0x80; value >>= 7) {
         *out++ = (uint8_t)(value | 0x80);
@@ -293,22 +285,17 @@ static const int CONNECTION_FIELDS[] = {KEY_SOURCE_NAME, KEY_SOURCE_NAMESPACE, K
  * protobuf serialises it, each byte one character (aggregator.mapping.key_fields makes the
  * same string). A string, not bytes: the open bucket's dict looks up string keys faster. */
 static PyObject *connection_name(const Span *strings, const uint64_t *varints) {
-    size_t size = 0;
-    for (size_t i = 0; i < sizeof CONNECTION_FIELDS / sizeof *CONNECTION_FIELDS; i++) {
-        int number = CONNECTION_FIELDS[i];
-        if (number == KEY_DEST_PORT) {
-            size += varints[number] ? 1 + varint_size(varints[number]) : 0;
-        } else if (strings[number].length) {
-            size += 1 + varint_size(strings[number].length) + strings[number].length;
-        }
+    size_t fields = sizeof CONNECTION_FIELDS / sizeof *CONNECTION_FIELDS, most = 0;
+    for (size_t i = 0; i < fields; i++) {
+        most += 1 + 10 + strings[CONNECTION_FIELDS[i]].length; /* tag, varint, payload */
     }
     uint8_t on_stack[512];
-    uint8_t *serialised = size <= sizeof on_stack ? on_stack : PyMem_Malloc(size);
+    uint8_t *serialised = most <= sizeof on_stack ? on_stack : PyMem_Malloc(most);
     if (serialised == NULL) {
         return PyErr_NoMemory();
     }
     uint8_t *out = serialised;
-    for (size_t i = 0; i < sizeof CONNECTION_FIELDS / sizeof *CONNECTION_FIELDS; i++) {
+    for (size_t i = 0; i < fields; i++) {
         int number = CONNECTION_FIELDS[i];
         if (number == KEY_DEST_PORT && varints[number]) {
             *out++ = (uint8_t)(number << 3);
@@ -320,7 +307,8 @@ static PyObject *connection_name(const Span *strings, const uint64_t *varints) {
             out += strings[number].length;
         }
     }
-    PyObject *name = PyUnicode_DecodeLatin1((const char *)serialised, (Py_ssize_t)size, NULL);
+    PyObject *name =
+        PyUnicode_DecodeLatin1((const char *)serialised, (Py_ssize_t)(out - serialised), NULL);
     if (serialised != on_stack) {
         PyMem_Free(serialised);
     }

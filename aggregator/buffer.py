@@ -330,9 +330,8 @@ class EdgeBuffer:
         fields = read_key(key) or read_key_python(key)
         verdict: KeyVerdict | str
         if fields is None:
-            # Remembered too (while there is room): the C reader does not look inside a key,
-            # so such a key can come result after result, and protobuf would refuse it every
-            # time.
+            # Remembered too (while there is room): flow_head does not look inside a key, so
+            # such a key can come result after result, and would be refused every time.
             verdict = SKIP_UNDECODABLE
         else:
             rank = rank_of(fields)

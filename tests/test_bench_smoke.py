@@ -66,7 +66,7 @@ def test_instruction_count_smoke_run_counts_the_loop_and_the_receive_around_it()
         if "instructions per result" in line:
             label, _, rest = line.partition(":")
             figures[label.strip()] = int(rest.split()[0].replace(",", ""))
-    # A new key is read and mapped in Python; a known one is counted in C (or by protobuf).
+    # A new key is read and mapped once; a known one is counted in C (or by protobuf).
     assert figures["first bucket (every key new)"] > figures["later buckets (keys known)"] > 0
     # B receives what A receives and counts it too: more instructions on the same stream.
     assert figures["B the daemon's receive loop"] > figures["A raw receive, nothing decoded"] > 0

@@ -25,7 +25,7 @@ decoding (ingest.py's raw limit), B hands them to the daemon's receive loop. B's
 instructions is what the ratio F / A of ingest.py would be if an instruction took the same time
 wherever it runs (it does not: the loop's hash tables miss the cache more often than gRPC does).
 
-  python tests/bench/instructions.py             # 10 buckets of 4,000 results, about 90 s
+  python tests/bench/instructions.py             # 10 buckets of 4,000 results, about 3 min
   python tests/bench/instructions.py --smoke     # 4 buckets of 100 results: for CI
 
 It needs valgrind, and node for the load generator. Run it from the repository root with the
@@ -48,6 +48,7 @@ from typing import Final
 from common import (
     BUCKET,
     T0,
+    BucketTemplate,
     client_settings,
     ensure_node_modules,
     prog,
@@ -60,7 +61,7 @@ from common import (
 from aggregator import hotpath
 from aggregator.buffer import EdgeBuffer
 from aggregator.goldmane_client import open_channel, stream_flows
-from aggregator.pki import make_pki
+from aggregator.pki import Pki, make_pki
 from aggregator.settings import GoldmaneSettings
 
 DEFAULT_EDGES: Final = 1_000  # 4,000 results per bucket, as in ingest.py
@@ -148,10 +149,8 @@ def count_phases(data: Path, per_bucket: int, flow_clock: int) -> list[int]:
     return [_totals(dump) for dump in dumps[1:]]
 
 
-def count_receive(kind: str, tmp: Path, edges: int, buckets: int) -> tuple[int, int]:
+def count_receive(kind: str, template: BucketTemplate, pki: Pki, buckets: int) -> tuple[int, int]:
     """(instructions of the receiving thread over the later buckets, results in them)."""
-    template = write_bucket_template(tmp / "bucket.bin", edges)
-    pki = make_pki(tmp / "pki")
     results = buckets * template.per_bucket
     # The load generator on a CPU of its own where there are two, as in ingest.py.
     loadgen_cpu = max(os.sched_getaffinity(0))
@@ -164,7 +163,7 @@ def count_receive(kind: str, tmp: Path, edges: int, buckets: int) -> tuple[int, 
         loadgen_cpu,
         ["--bucket-seconds", str(BUCKET), "--framed"],
     )
-    out_file = tmp / f"receive-{kind}.out"
+    out_file = pki.directory.parent / f"receive-{kind}.out"
     try:
         arguments = ["--receive-worker", kind, "--port", str(port), "--ca", str(pki.ca_cert)]
         arguments += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
@@ -174,7 +173,8 @@ def count_receive(kind: str, tmp: Path, edges: int, buckets: int) -> tuple[int, 
     finally:
         stop_loadgen(loadgen)
     # With threads apart, the main thread's (thread 1's) dump at the second sched_yield.
-    return _totals(tmp / f"{out_file.name}.2-01"), results - WARM_BUCKETS * template.per_bucket
+    main_thread_phase = out_file.with_name(f"{out_file.name}.2-01")
+    return _totals(main_thread_phase), results - WARM_BUCKETS * template.per_bucket
 
 
 def _totals(dump: Path) -> int:
@@ -200,7 +200,10 @@ def run_benchmark(edges: int, buckets: int) -> int:
         flow_clock = T0 + (buckets + 1) * BUCKET
         first, _, later = count_phases(template.path, per_bucket, flow_clock)
         ensure_node_modules()
-        receive = {kind: count_receive(kind, Path(tmp), edges, buckets) for kind in ("A", "B")}
+        # One bucket, which the load generator replays at later and later times.
+        stream = write_bucket_template(Path(tmp) / "bucket.bin", edges)
+        pki = make_pki(Path(tmp) / "pki")
+        receive = {kind: count_receive(kind, stream, pki, buckets) for kind in ("A", "B")}
     per_first = first / per_bucket
     per_later = later / ((buckets - WARM_BUCKETS) * per_bucket)
     print(f"first bucket (every key new):  {per_first:>9,.0f} instructions per result")
