@@ -7,6 +7,23 @@
 #include <stdint.h>
 #include <string.h>
 
+static inline uint64_t read_word(const uint8_t *p) {
+    uint64_t word;
+    memcpy(&word, p, sizeof word);
+    return word;
+}
+
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* A flow's times and counters are varints of several bytes: where 8 bytes are there to read,
+ * a varint's end (its first byte without the high bit) is found in one word, not byte by
+ * byte. Gives the varint's length in bytes, or 0 when it is longer than 8 bytes. */
+#define WORD_VARINTS 1
+static inline int varint_length_in_word(uint64_t word) {
+    uint64_t last_bytes = ~word & 0x8080808080808080ULL;
+    return last_bytes != 0 ? __builtin_ctzll(last_bytes) / 8 + 1 : 0;
+}
+#endif
+
 /* Reads a varint of at most 10 bytes; returns the position after it, or NULL. */
 static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end,
                                          uint64_t *value) {
@@ -15,6 +32,22 @@ static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end,
         *value = *p;
         return p + 1;
     }
+#ifdef WORD_VARINTS
+    if (end - p >= 8) {
+        uint64_t word = read_word(p);
+        int length = varint_length_in_word(word);
+        if (length != 0) {
+            /* Drops the bytes after the varint and the high bits, then closes the gaps. */
+            uint64_t x = (length == 8 ? word : word & ((1ULL << (8 * length)) - 1)) &
+                         0x7f7f7f7f7f7f7f7fULL;
+            x = ((x & 0x7f007f007f007f00ULL) >> 1) | (x & 0x007f007f007f007fULL);
+            x = ((x & 0x3fff00003fff0000ULL) >> 2) | (x & 0x00003fff00003fffULL);
+            x = ((x & 0x0fffffff00000000ULL) >> 4) | (x & 0x000000000fffffffULL);
+            *value = x;
+            return p + length;
+        }
+    }
+#endif
     uint64_t result = 0;
     for (int shift = 0; shift < 70 && p < end; shift += 7) {
         uint8_t byte = *p++;
@@ -29,6 +62,14 @@ static inline const uint8_t *read_varint(const uint8_t *p, const uint8_t *end,
 
 /* Skips a varint of at most 10 bytes, as read_varint reads it; NULL where that fails. */
 static inline const uint8_t *skip_varint(const uint8_t *p, const uint8_t *end) {
+#ifdef WORD_VARINTS
+    if (end - p >= 8) {
+        int length = varint_length_in_word(read_word(p));
+        if (length != 0) {
+            return p + length;
+        }
+    }
+#endif
     const uint8_t *limit = end - p > 10 ? p + 10 : end;
     while (p < limit) {
         if (*p++ < 0x80) {
@@ -128,6 +169,22 @@ static int parse_head(const uint8_t *data, Py_ssize_t length, const uint8_t **ke
            scan_message(flow, flow + flow_length, 1, key, key_length, times);
 }
 
+/* A tuple of `count` new references, which it takes over; NULL (and none of them kept) where
+ * one of them is NULL or the tuple cannot be made. Py_BuildValue parses a format string per
+ * call, which cost as much as the rest of flow_head. */
+static PyObject *tuple_of(PyObject *const *items, size_t count) {
+    PyObject *tuple = PyTuple_New((Py_ssize_t)count);
+    for (size_t i = 0; i < count; i++) {
+        if (tuple != NULL && items[i] != NULL) {
+            PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, items[i]);
+        } else {
+            Py_XDECREF(items[i]);
+            Py_CLEAR(tuple);
+        }
+    }
+    return tuple;
+}
+
 static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
@@ -138,8 +195,12 @@ static PyObject *flow_head(PyObject *Py_UNUSED(module), PyObject *data) {
     int64_t times[2];
     PyObject *head;
     if (parse_head(view.buf, view.len, &key, &key_length, times)) {
-        head = Py_BuildValue("(y#LL)", (const char *)key, key_length, (long long)times[0],
-                             (long long)times[1]);
+        PyObject *items[] = {
+            PyBytes_FromStringAndSize((const char *)key, key_length),
+            PyLong_FromLongLong(times[0]),
+            PyLong_FromLongLong(times[1]),
+        };
+        head = tuple_of(items, sizeof items / sizeof *items);
     } else {
         head = Py_NewRef(Py_None);
     }
@@ -341,16 +402,7 @@ static PyObject *read_key(PyObject *Py_UNUSED(module), PyObject *key) {
             enum_value(varints[KEY_ACTION]),
             connection_name(strings, varints),
         };
-        const size_t count = sizeof items / sizeof *items;
-        fields = PyTuple_New((Py_ssize_t)count);
-        for (size_t i = 0; i < count; i++) {
-            if (fields != NULL && items[i] != NULL) {
-                PyTuple_SET_ITEM(fields, (Py_ssize_t)i, items[i]);
-            } else {
-                Py_XDECREF(items[i]);
-                Py_CLEAR(fields);
-            }
-        }
+        fields = tuple_of(items, sizeof items / sizeof *items);
     } else {
         fields = Py_NewRef(Py_None);
     }
@@ -396,12 +448,6 @@ static inline uint64_t fold_multiply(uint64_t a, uint64_t b) {
     uint64_t high = a_high * b_high + (cross >> 32) + (middle >> 32);
     return (a * b) ^ high;
 #endif
-}
-
-static inline uint64_t read_word(const uint8_t *p) {
-    uint64_t word;
-    memcpy(&word, p, sizeof word);
-    return word;
 }
 
 /* SplitMix64's output function: a bijection that spreads every bit of its input. */

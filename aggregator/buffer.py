@@ -101,9 +101,10 @@ def _key_verdict(fields: KeyFields, rank: int) -> KeyVerdict:
     action = ACTION_BY_RANK[rank]
     # Namespaces are RFC 1123 labels (rank_of checks) and actions single words: no spaces.
     # Interned: the keys of one edge share its name, as they share its namespaces.
-    return KeyVerdict(
-        connection, rank, (src_ns, dst_ns, action), sys.intern(f"{src_ns} {dst_ns} {action}")
-    )
+    edge_name = sys.intern(f"{src_ns} {dst_ns} {action}")
+    # Made as tuple.__new__ makes it: KeyVerdict(...) runs a __new__ written in Python, which
+    # cost as much as reading the key in C, once per key of a stream's first bucket.
+    return tuple.__new__(KeyVerdict, (connection, rank, (src_ns, dst_ns, action), edge_name))
 
 
 class _SealedCounts:

@@ -72,14 +72,16 @@ def _random_result(rng: random.Random) -> pb.FlowResult:
     result = flow_result(
         rng.choice(["frontend", "api", "-", "kube-system", "Bad_Name", ""]),
         rng.choice(["api", "dbaas", "-", "frontend"]),
-        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**40]),
-        port=rng.randrange(65536),
+        # Times and ports read as varints of 1 to 10 bytes.
+        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**40, 2**45, 2**52]),
+        port=rng.randrange(2 ** rng.choice([16, 16, 45, 52, 63])),
         reporter=rng.choice([pb.Src, pb.Dst, 9]),
         action=rng.choice([pb.Allow, pb.Deny, pb.Pass, 7]),
-        result_id=rng.choice([0, 1, 2**31, 2**62]),
+        result_id=rng.choice([0, 1, 2**31, 2**55, 2**62]),
     )
     result.flow.source_labels.extend(["app=web"] * rng.randrange(3))
-    result.flow.bytes_in = rng.randrange(2**40)
+    # Varints of every length from 1 to 9 bytes.
+    result.flow.bytes_in = rng.randrange(2 ** rng.randrange(1, 63))
     if rng.random() < 0.1:
         result.flow.ClearField("Key")
     if rng.random() < 0.1:
@@ -122,6 +124,7 @@ def _layouts(rng: random.Random, result: pb.FlowResult) -> Iterator[bytes]:
     # Overlong and over-long varints.
     yield _field(1, 0, b"\xff" * 10 + b"\x01") + _length_delimited(2, flow)
     yield _field(1, 0, b"\x80" * 9 + b"\x00") + _length_delimited(2, flow)
+    yield _field(1, 0, b"\x81" + b"\x80" * 6 + b"\x00") + _length_delimited(2, flow)
 
 
 _DAMAGED = 9  # the index of the layout with flipped bytes
