@@ -13,7 +13,7 @@ static inline uint64_t read_word(const uint8_t *p) {
     return word;
 }
 
-#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 /* A flow's times and counters are varints of several bytes: where 8 bytes are there to read,
  * a varint's end (its first byte without the high bit) is found in one word, not byte by
  * byte. Gives the varint's length in bytes, or 0 when it is longer than 8 bytes. */

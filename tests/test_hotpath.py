@@ -72,8 +72,8 @@ def _random_result(rng: random.Random) -> pb.FlowResult:
     result = flow_result(
         rng.choice(["frontend", "api", "-", "kube-system", "Bad_Name", ""]),
         rng.choice(["api", "dbaas", "-", "frontend"]),
-        # Times and ports read as varints of 1 to 10 bytes.
-        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**40, 2**45, 2**52]),
+        # Times and ports read as varints of 1 to 10 bytes (8 and 9 on either side of 2**56).
+        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**13, 2**20, 2**45, 2**52, 2**56 - 16, 2**56]),
         port=rng.randrange(2 ** rng.choice([16, 16, 45, 52, 63])),
         reporter=rng.choice([pb.Src, pb.Dst, 9]),
         action=rng.choice([pb.Allow, pb.Deny, pb.Pass, 7]),
@@ -125,6 +125,7 @@ def _layouts(rng: random.Random, result: pb.FlowResult) -> Iterator[bytes]:
     yield _field(1, 0, b"\xff" * 10 + b"\x01") + _length_delimited(2, flow)
     yield _field(1, 0, b"\x80" * 9 + b"\x00") + _length_delimited(2, flow)
     yield _field(1, 0, b"\x81" + b"\x80" * 6 + b"\x00") + _length_delimited(2, flow)
+    yield _length_delimited(2, flow + _field(3, 0, b"\x81" + b"\x80" * 6 + b"\x00"))
 
 
 _DAMAGED = 9  # the index of the layout with flipped bytes
@@ -329,6 +330,13 @@ def test_the_c_read_key_reads_what_protobuf_reads(seed: int) -> None:
             assert fields == expected, data.hex()
             read += 1
     assert read > 1_000 and stepped_aside > 1_000  # both sides of the reader were exercised
+
+
+def test_a_new_keys_verdict_is_a_whole_key_verdict() -> None:
+    fields = key_fields(flow_result("frontend", "api", action=pb.Deny).flow.Key)
+    verdict = buffer_module._key_verdict(fields, 3)
+    assert type(verdict) is KeyVerdict
+    assert verdict == KeyVerdict(fields[4], 3, ("frontend", "api", "deny"), "frontend api deny")
 
 
 def test_a_connection_is_named_by_its_six_fields_and_nothing_else() -> None:
