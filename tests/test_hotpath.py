@@ -72,8 +72,11 @@ def _random_result(rng: random.Random) -> pb.FlowResult:
     result = flow_result(
         rng.choice(["frontend", "api", "-", "kube-system", "Bad_Name", ""]),
         rng.choice(["api", "dbaas", "-", "frontend"]),
-        # Times and ports read as varints of 1 to 10 bytes (8 and 9 on either side of 2**56).
-        start=rng.choice([T0, T0 + BUCKET, 0, -5, 2**13, 2**20, 2**45, 2**52, 2**56 - 16, 2**56]),
+        # Times read as varints of every length from 1 to 10 bytes (8 and 9 on either side of
+        # 2**56), ports of up to 9.
+        start=rng.choice(
+            [T0, T0 + BUCKET, 0, -5, 2**13, 2**20, 2**27, 2**40, 2**45, 2**52, 2**56 - 16, 2**56]
+        ),
         port=rng.randrange(2 ** rng.choice([16, 16, 45, 52, 63])),
         reporter=rng.choice([pb.Src, pb.Dst, 9]),
         action=rng.choice([pb.Allow, pb.Deny, pb.Pass, 7]),
