@@ -4,6 +4,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -731,42 +732,142 @@ static int increment(PyObject *counts, PyObject *key) {
     return status < 0 ? -1 : count == NULL;
 }
 
-/* open_verdicts[verdict.connection] = verdict, unless a higher rank is there already. */
-static int keep_highest(PyObject *open_verdicts, PyObject *verdict) {
-    if (PyTuple_GET_SIZE(verdict) < 2) {
+/* --- Connection: a connection's place in the open bucket ---------------------------------
+ *
+ * Keeping each connection's highest verdict in a dict keyed by its name cost a lookup per
+ * result, and sealing the bucket went through that dict again. Every flow key of a connection
+ * shares one Connection (the buffer sees to it), so a result's verdict leads straight to it:
+ * the open bucket's generation in it says whether the bucket has counted it yet, and `best`
+ * holds the highest verdict it reported there. The bucket keeps the list of its Connections.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *name;                 /* str: mapping.key_fields's name of the connection */
+    PyObject *best;                 /* the highest KeyVerdict of its generation, or NULL */
+    unsigned long long generation;  /* the open bucket that counted it last; 0 for none */
+} Connection;
+
+static PyMemberDef connection_members[] = {
+    {"name", T_OBJECT, offsetof(Connection, name), READONLY, "The connection's name."},
+    {"best", T_OBJECT, offsetof(Connection, best), 0,
+     "The highest verdict it reported in bucket `generation`, or None."},
+    {"generation", T_ULONGLONG, offsetof(Connection, generation), 0,
+     "The open bucket that counted it last (0: none)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *connection_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"name", NULL};
+    PyObject *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U:Connection", keywords, &name)) {
+        return NULL;
+    }
+    Connection *connection = (Connection *)type->tp_alloc(type, 0);
+    if (connection != NULL) {
+        connection->name = Py_NewRef(name);
+    }
+    return (PyObject *)connection;
+}
+
+/* A verdict refers to its Connection, which may hold that verdict as its best: a cycle. */
+static int connection_traverse(Connection *connection, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(connection));
+    Py_VISIT(connection->best);
+    return 0;
+}
+
+static int connection_clear(Connection *connection) {
+    Py_CLEAR(connection->best);
+    return 0;
+}
+
+static void connection_dealloc(Connection *connection) {
+    PyTypeObject *type = Py_TYPE(connection);
+    PyObject_GC_UnTrack(connection);
+    Py_CLEAR(connection->best);
+    Py_CLEAR(connection->name);
+    type->tp_free(connection);
+    Py_DECREF(type);
+}
+
+static PyObject *connection_repr(Connection *connection) {
+    return PyUnicode_FromFormat("Connection(%R)", connection->name);
+}
+
+static PyType_Slot connection_slots[] = {
+    {Py_tp_doc, "Connection(name): a connection's place in the open bucket (see "
+                "aggregator.hotpath)."},
+    {Py_tp_new, connection_new},
+    {Py_tp_dealloc, connection_dealloc},
+    {Py_tp_traverse, connection_traverse},
+    {Py_tp_clear, connection_clear},
+    {Py_tp_members, connection_members},
+    {Py_tp_repr, connection_repr},
+    {0, NULL},
+};
+
+static PyType_Spec connection_spec = {
+    .name = "aggregator._hotpath.Connection",
+    .basicsize = sizeof(Connection),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = connection_slots,
+};
+
+/* Made at import from connection_spec. */
+static PyTypeObject *connection_type;
+
+/* A KeyVerdict's rank, or -1 (with an error set) where it is not a KeyVerdict. */
+static long rank_of_verdict(PyObject *verdict) {
+    if (!PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 2) {
         PyErr_SetString(PyExc_TypeError, "a KeyVerdict has a connection and a rank");
         return -1;
     }
-    PyObject *connection = PyTuple_GET_ITEM(verdict, 0);
-    PyObject *best = PyDict_GetItemWithError(open_verdicts, connection);
-    if (best == NULL && PyErr_Occurred()) {
+    return PyLong_AsLong(PyTuple_GET_ITEM(verdict, 1));
+}
+
+/* Counts `verdict` in bucket `generation`: its Connection joins `counted` the first time, and
+ * keeps the verdict of the highest rank. See aggregator.hotpath.keep_highest. */
+static int keep_highest(PyObject *verdict, unsigned long long generation, PyObject *counted) {
+    PyObject *item = PyTuple_GET_SIZE(verdict) >= 2 ? PyTuple_GET_ITEM(verdict, 0) : NULL;
+    if (item == NULL || !Py_IS_TYPE(item, connection_type)) {
+        PyErr_SetString(PyExc_TypeError, "a KeyVerdict's connection is a Connection");
         return -1;
     }
-    if (best != NULL && best != verdict) {
-        if (!PyTuple_Check(best) || PyTuple_GET_SIZE(best) < 2) {
-            PyErr_SetString(PyExc_TypeError, "a KeyVerdict has a connection and a rank");
+    Connection *connection = (Connection *)item;
+    if (connection->generation != generation) {
+        if (PyList_Append(counted, item) < 0) {
             return -1;
         }
-        long best_rank = PyLong_AsLong(PyTuple_GET_ITEM(best, 1));
-        long rank = PyLong_AsLong(PyTuple_GET_ITEM(verdict, 1));
+        connection->generation = generation;
+        Py_XSETREF(connection->best, Py_NewRef(verdict));
+        return 0;
+    }
+    PyObject *best = connection->best;
+    if (best == verdict) {
+        return 0; /* the same key again */
+    }
+    if (best != NULL && best != Py_None) {
+        long best_rank = rank_of_verdict(best), rank = rank_of_verdict(verdict);
         if ((best_rank == -1 || rank == -1) && PyErr_Occurred()) {
             return -1;
         }
         if (best_rank >= rank) {
             return 0;
         }
-    } else if (best == verdict) {
-        return 0;
     }
-    return PyDict_SetItem(open_verdicts, connection, verdict);
+    Py_XSETREF(connection->best, Py_NewRef(verdict));
+    return 0;
 }
 
 static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *batch, *verdicts, *open_start_object, *open_end_object, *open_verdicts, *skipped;
+    PyObject *batch, *verdicts, *open_start_object, *open_end_object, *counted, *skipped;
     Py_ssize_t index, max_bytes;
-    if (!PyArg_ParseTuple(args, "O!nO!OOO!O!n:count_known", &PyList_Type, &batch, &index,
+    unsigned long long generation;
+    if (!PyArg_ParseTuple(args, "O!nO!OOKO!O!n:count_known", &PyList_Type, &batch, &index,
                           key_table_type, &verdicts, &open_start_object, &open_end_object,
-                          &PyDict_Type, &open_verdicts, &PyDict_Type, &skipped, &max_bytes)) {
+                          &generation, &PyList_Type, &counted, &PyDict_Type, &skipped,
+                          &max_bytes)) {
         return NULL;
     }
     if (index < 0) {
@@ -797,7 +898,7 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
             break;
         }
         if (PyTuple_Check(verdict)) {
-            if (keep_highest(open_verdicts, verdict) < 0) {
+            if (keep_highest(verdict, generation, counted) < 0) {
                 return NULL;
             }
         } else {
@@ -809,24 +910,28 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     return PyLong_FromSsize_t(index);
 }
 
-/* Counts each connection of a sealed bucket once, for the edge of its highest verdict: see
- * aggregator.hotpath.seal_bucket_python. */
+/* Counts each connection of a sealed bucket once, for the edge of its highest verdict, and
+ * lets go of that verdict: see aggregator.hotpath.seal_bucket_python. */
 static PyObject *seal_bucket(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *open_verdicts, *start, *end, *connections, *first_seen, *last_seen, *edges;
-    if (!PyArg_ParseTuple(args, "O!OOO!O!O!O!:seal_bucket", &PyDict_Type, &open_verdicts, &start,
-                          &end, &PyDict_Type, &connections, &PyDict_Type, &first_seen,
-                          &PyDict_Type, &last_seen, &PyDict_Type, &edges)) {
+    PyObject *counted, *start, *end, *connections, *first_seen, *last_seen, *edges;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!O!O!:seal_bucket", &PyList_Type, &counted, &start, &end,
+                          &PyDict_Type, &connections, &PyDict_Type, &first_seen, &PyDict_Type,
+                          &last_seen, &PyDict_Type, &edges)) {
         return NULL;
     }
-    Py_ssize_t position = 0;
-    PyObject *connection, *verdict;
-    while (PyDict_Next(open_verdicts, &position, &connection, &verdict)) {
-        if (!PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 4) {
-            PyErr_SetString(PyExc_TypeError, "a KeyVerdict has a connection, a rank and an edge");
+    /* By index, checked each time: a name's hash or comparison could run code that changes
+     * the list. */
+    for (Py_ssize_t position = 0; position < PyList_GET_SIZE(counted); position++) {
+        PyObject *item = PyList_GET_ITEM(counted, position);
+        PyObject *verdict = Py_IS_TYPE(item, connection_type) ? ((Connection *)item)->best : NULL;
+        if (verdict == NULL || !PyTuple_Check(verdict) || PyTuple_GET_SIZE(verdict) < 4) {
+            PyErr_SetString(PyExc_TypeError,
+                            "a counted Connection holds a KeyVerdict: a connection, a rank and "
+                            "an edge");
             return NULL;
         }
-        /* Held: a name's hash or comparison could run code that changes open_verdicts. */
-        Py_INCREF(verdict);
+        /* Taken from the Connection, which holds it no more once it is counted. */
+        ((Connection *)item)->best = NULL;
         PyObject *edge = PyTuple_GET_ITEM(verdict, 2), *edge_name = PyTuple_GET_ITEM(verdict, 3);
         int is_new = increment(connections, edge_name);
         int failed = is_new < 0;
@@ -868,9 +973,12 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
         return NULL;
     }
     key_table_type = (PyTypeObject *)PyType_FromSpec(&key_table_spec);
-    if (key_table_type == NULL || PyModule_AddObjectRef(created, "KeyTable",
-                                                        (PyObject *)key_table_type) < 0) {
+    connection_type = (PyTypeObject *)PyType_FromSpec(&connection_spec);
+    if (key_table_type == NULL || connection_type == NULL ||
+        PyModule_AddObjectRef(created, "KeyTable", (PyObject *)key_table_type) < 0 ||
+        PyModule_AddObjectRef(created, "Connection", (PyObject *)connection_type) < 0) {
         Py_CLEAR(key_table_type);
+        Py_CLEAR(connection_type);
         Py_DECREF(created);
         return NULL;
     }

@@ -1,7 +1,15 @@
 from collections import Counter
 
+from aggregator import hotpath
 from aggregator.hotpath import KeyVerdict, KeyVerdicts
 from aggregator.mapping import KeyFields
+
+class Connection:
+    def __init__(self, name: str) -> None: ...
+    @property
+    def name(self) -> str: ...
+    best: KeyVerdict | None
+    generation: int
 
 class KeyTable:
     def __init__(self, seed: int) -> None: ...
@@ -20,13 +28,14 @@ def count_known(
     verdicts: KeyVerdicts,  # a KeyTable: the C version refuses anything else
     open_start: int | None,
     open_end: int | None,
-    open_verdicts: dict[str, KeyVerdict],
+    generation: int,
+    counted: list[hotpath.Connection],
     skipped: dict[str, int],
     max_bytes: int,
     /,
 ) -> int: ...
 def seal_bucket(
-    open_verdicts: dict[str, KeyVerdict],
+    counted: list[hotpath.Connection],
     start: int,
     end: int,
     connections: Counter[str],

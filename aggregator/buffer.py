@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from aggregator.hotpath import (
+    Connection,
     FlowHead,
     KeyVerdict,
     count_known,
     flow_head,
+    keep_highest,
+    new_connection,
     new_key_table,
     read_key,
     read_key_python,
@@ -58,11 +61,12 @@ DEFAULT_QUIET_SECONDS = 20.0
 _PLAUSIBLE_PAST_SECONDS = 86_400
 _PLAUSIBLE_FUTURE_SECONDS = 3_600
 # Distinct flow keys whose verdict is remembered: the same connections report bucket after
-# bucket. About 460 bytes each. Where more keys than this come round every bucket, emptying
-# the memory when full would make every key miss: it keeps what it holds (those keys still
-# hit), decodes the others each time, and starts again from empty only after as many of
-# those decodes as it holds, so that the keys of connections gone do not stay forever. The
-# price: a memory full of such keys costs up to that many decodes (under 0.3 s) before it empties.
+# bucket. About 460 bytes each, and 72 per connection for its Connection. Where more keys
+# than this come round every bucket, emptying the memory when full would make every key
+# miss: it keeps what it holds (those keys still hit), decodes the others each time, and
+# starts again from empty only after as many of those decodes as it holds, so that the keys
+# of connections gone do not stay forever. The price: a memory full of such keys costs up to
+# that many decodes (under 0.3 s) before it empties.
 _KEY_CACHE_LIMIT = 65_536
 # A FlowResult is about 500 bytes; one this long (gRPC's default message limit) is no flow
 # report that the trail can use, and is skipped.
@@ -95,9 +99,9 @@ class Batch:
             self.sealed_until = max(self.sealed_until or 0, other.sealed_until)
 
 
-def _key_verdict(fields: KeyFields, rank: int) -> KeyVerdict:
-    """The verdict of a flow key on its connection, with the edge it makes."""
-    src_ns, dst_ns, _, _, connection = fields
+def _key_verdict(fields: KeyFields, rank: int, connection: Connection) -> KeyVerdict:
+    """The verdict of a flow key on its connection (`fields`'s), with the edge it makes."""
+    src_ns, dst_ns, _, _, _ = fields
     action = ACTION_BY_RANK[rank]
     # Namespaces are RFC 1123 labels (rank_of checks) and actions single words: no spaces.
     # Interned: the keys of one edge share its name, as they share its namespaces.
@@ -124,7 +128,7 @@ class _SealedCounts:
 
     def add_bucket(self, bucket: _OpenBucket, start: int) -> None:
         seal_bucket(
-            bucket.verdicts,
+            bucket.counted,
             start,
             bucket.end,
             self.connections,
@@ -143,9 +147,31 @@ class _SealedCounts:
 
 @dataclass
 class _OpenBucket:
+    """A bucket being received: its connections, each with the highest verdict it reported.
+
+    The newest open bucket counts in the Connections that the flow keys' verdicts share, the
+    receive loop's fast way. A bucket opened behind it (its start earlier, rare) must not
+    disturb those: it counts in Connections of its own, found by name.
+    """
+
     end: int
-    # Connection -> the highest verdict its flow keys reported in this bucket.
-    verdicts: dict[str, KeyVerdict] = field(default_factory=dict)
+    generation: int
+    """Unique to the bucket: a Connection counted by this bucket holds it (0: opened behind)."""
+    counted: list[Connection] = field(default_factory=list)
+    behind: dict[str, Connection] = field(default_factory=dict)
+
+    def add(self, verdict: KeyVerdict) -> None:
+        if self.generation:
+            keep_highest(verdict, self.generation, self.counted)
+            return
+        connection = self.behind.get(verdict.connection.name)
+        if connection is None:
+            connection = self.behind[verdict.connection.name] = new_connection(
+                verdict.connection.name
+            )
+            self.counted.append(connection)
+        if connection.best is None or connection.best.rank < verdict.rank:
+            connection.best = verdict
 
 
 def _add_totals(
@@ -193,6 +219,9 @@ class EdgeBuffer:
         self._sealed_by_quiet: set[int] = set()
         # Serialised FlowKey -> what it reports, or why it is skipped.
         self._key_verdicts = new_key_table()
+        # Name -> the Connection that the verdicts of its keys share; emptied with the keys.
+        self._connections: dict[str, Connection] = {}
+        self._generations = itertools.count(1)
         self._decoded_past_limit = 0
         # Plain counters, read by the metrics collector: no metric call per flow.
         self._counted = 0
@@ -265,7 +294,8 @@ class EdgeBuffer:
                 self._key_verdicts,
                 self._newest_open_start if bucket else None,
                 bucket.end if bucket else None,
-                bucket.verdicts if bucket else {},
+                bucket.generation if bucket else 0,
+                bucket.counted if bucket else [],
                 self.skipped,
                 MAX_RESULT_BYTES,
             )
@@ -336,15 +366,28 @@ class EdgeBuffer:
             verdict = SKIP_UNDECODABLE
         else:
             rank = rank_of(fields)
-            verdict = rank if isinstance(rank, str) else _key_verdict(fields, rank)
+            if isinstance(rank, str):
+                verdict = rank
+            else:
+                connection = self._connections.get(fields[4])
+                if connection is None:
+                    connection = self._connections[fields[4]] = new_connection(fields[4])
+                verdict = _key_verdict(fields, rank, connection)
         if len(self._key_verdicts) < _KEY_CACHE_LIMIT:
             self._key_verdicts[key] = verdict
         else:
             self._decoded_past_limit += 1
             if self._decoded_past_limit >= _KEY_CACHE_LIMIT:
-                self._key_verdicts.clear()
-                self._decoded_past_limit = 0
+                self._forget_keys()
         return verdict
+
+    def _forget_keys(self) -> None:
+        self._key_verdicts.clear()
+        self._decoded_past_limit = 0
+        # The open bucket's connections stay: a key learnt again must find the one counted.
+        newest = self._open.get(self._newest_open_start)
+        counted = newest.counted if newest is not None and newest.generation else []
+        self._connections = {connection.name: connection for connection in counted}
 
     def _refusal(self, start: int, end: int) -> str | None:
         """Why a report of the bucket [start, end) cannot count now, or None."""
@@ -360,9 +403,7 @@ class EdgeBuffer:
         if isinstance(bucket, str):
             self._skip(bucket)
             return
-        best = bucket.verdicts.get(verdict.connection)
-        if best is None or best.rank < verdict.rank:
-            bucket.verdicts[verdict.connection] = verdict
+        bucket.add(verdict)
 
     def _open_bucket(self, start: int, end: int) -> _OpenBucket | str:
         """The open bucket [start, end), opened now if new; or why a report of it cannot count."""
@@ -374,8 +415,9 @@ class EdgeBuffer:
         self.newest_flow_end = max(self.newest_flow_end, end)
         bucket = self._open.get(start)
         if bucket is None:
-            bucket = self._open[start] = _OpenBucket(end)
-            if start > self._newest_open_start:
+            newest = start > self._newest_open_start
+            bucket = self._open[start] = _OpenBucket(end, next(self._generations) if newest else 0)
+            if newest:
                 self._newest_open_start = start
                 # Buckets arrive in order: a newer one means the older ones are complete.
                 self._seal(lambda open_start: open_start < start)
@@ -418,7 +460,7 @@ class EdgeBuffer:
         """
         with self._lock:
             self._count_queued()
-            dropped = sum(len(bucket.verdicts) for bucket in self._open.values())
+            dropped = sum(len(bucket.counted) for bucket in self._open.values())
             self._open.clear()
             self._newest_open_start = 0
             self._sealed_by_quiet.clear()
@@ -437,5 +479,5 @@ class EdgeBuffer:
         """(open connections, sealed edges awaiting flush), for the buffer-size gauge."""
         with self._lock:
             self._count_queued()
-            open_entries = sum(len(bucket.verdicts) for bucket in self._open.values())
+            open_entries = sum(len(bucket.counted) for bucket in self._open.values())
             return open_entries, len(self._sealed.connections)

@@ -9,8 +9,10 @@ by walking the protobuf wire format, the FlowKey stays bytes (the buffer reads e
 key once, with `read_key`, and remembers its verdict in a `KeyTable`, which finds it by the
 key's bytes where they lie in the message), `count_known` counts a run of results whose keys
 are known into the open bucket, and `seal_bucket` counts a complete bucket's connections into
-their edges. Without the C helper, the Python versions below (and a dict for the table) give
-the same counts at a lower rate. tests/test_hotpath.py holds them to that.
+their edges. A verdict leads to its `Connection`, shared by all the keys of that connection,
+which holds the connection's place in the open bucket: no lookup by name per result. Without
+the C helper, the Python versions below (and a dict for the table) give the same counts at a
+lower rate. tests/test_hotpath.py holds them to that.
 
 The C `flow_head` reads only the simple layout, the one protobuf writes: the FlowResult holds
 field 2 (`flow`) exactly once, and that Flow holds field 1 (`Key`) exactly once, both
@@ -32,6 +34,7 @@ from __future__ import annotations
 import operator
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
@@ -43,11 +46,42 @@ FlowHead = tuple[bytes, int, int]
 """(serialised FlowKey, start_time, end_time)"""
 
 
+class Connection(Protocol):
+    """A connection's place in the open bucket: the C `Connection` where it is built.
+
+    Every flow key of one connection must share one Connection (the buffer sees to it).
+    """
+
+    @property
+    def name(self) -> str:
+        """The connection, named as `mapping.key_fields` names it."""
+        ...
+
+    best: KeyVerdict | None
+    """The highest verdict it reported in bucket `generation`, until that bucket is sealed."""
+    generation: int
+    """The open bucket that counted it last (buckets are numbered from 1)."""
+
+
+class ConnectionPython:
+    """`Connection` where the C helper is not built."""
+
+    __slots__ = ("best", "generation", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name: Final = name
+        self.best: KeyVerdict | None = None
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"Connection({self.name!r})"
+
+
 class KeyVerdict(NamedTuple):
     """What a flow key reports. A tuple, so that the C version reads it by position."""
 
-    connection: str
-    """The connection, named as `mapping.key_fields` names it: a string, whose hash Python keeps."""
+    connection: Connection
+    """The connection: one object for all of its flow keys."""
     rank: int
     """The verdict's rank: a connection counts with the highest rank any of its keys reported."""
     edge: tuple[str, str, str]
@@ -89,24 +123,40 @@ def read_key_python(key: bytes) -> KeyFields | None:
         return None
 
 
+def keep_highest(verdict: KeyVerdict, generation: int, counted: list[Connection]) -> None:
+    """Count `verdict` in the open bucket numbered `generation`, which has counted `counted`.
+
+    Its connection joins `counted` the first time the bucket sees it, and keeps the verdict of
+    the highest rank its keys reported there. The C `count_known` does the same.
+    """
+    connection = verdict.connection
+    if connection.generation != generation:
+        counted.append(connection)
+        connection.generation = generation
+        connection.best = verdict
+    elif connection.best is None or connection.best.rank < verdict.rank:
+        connection.best = verdict
+
+
 def count_known_python(
     batch: list[bytes],
     index: int,
     verdicts: KeyVerdicts,
     open_start: int | None,
     open_end: int | None,
-    open_verdicts: dict[str, KeyVerdict],
+    generation: int,
+    counted: list[Connection],
     skipped: dict[str, int],
     max_bytes: int,
 ) -> int:
     """Count batch[index:] while each result is simple; returns the index of the first that is not.
 
     Simple: it is at most `max_bytes` long, `flow_head` reads it, `verdicts` knows its key, it
-    reports on the open bucket [open_start, open_end), and its key's verdict is either a
-    KeyVerdict, kept in `open_verdicts` when it is the highest its connection had there, or a
-    skip reason, counted in `skipped` (a skipped report of another bucket may open that bucket:
-    the caller sees to it). The caller applies every rule to the result at the returned index
-    and calls again after it.
+    reports on the open bucket [open_start, open_end), numbered `generation`, and its key's
+    verdict is either a KeyVerdict, counted by `keep_highest`, or a skip reason, counted in
+    `skipped` (a skipped report of another bucket may open that bucket: the caller sees to
+    it). The caller applies every rule to the result at the returned index and calls again
+    after it.
     """
     while index < len(batch):
         if len(batch[index]) > max_bytes:
@@ -119,9 +169,7 @@ def count_known_python(
         if verdict is None or open_start is None or start != open_start or end != open_end:
             return index
         if isinstance(verdict, tuple):
-            best = open_verdicts.get(verdict.connection)
-            if best is None or best.rank < verdict.rank:
-                open_verdicts[verdict.connection] = verdict
+            keep_highest(verdict, generation, counted)
         else:
             skipped[verdict] = skipped.get(verdict, 0) + 1
         index += 1
@@ -130,10 +178,11 @@ def count_known_python(
 
 _EDGE = operator.attrgetter("edge")
 _EDGE_NAME = operator.attrgetter("edge_name")
+_BEST = operator.attrgetter("best")
 
 
 def seal_bucket_python(
-    open_verdicts: dict[str, KeyVerdict],
+    counted: list[Connection],
     start: int,
     end: int,
     connections: Counter[str],
@@ -143,13 +192,19 @@ def seal_bucket_python(
 ) -> None:
     """Count the sealed bucket [start, end): each connection once, for its highest verdict's edge.
 
-    Edges are counted under their names: `connections` gains one per connection, an edge not
-    counted before gets `start` as its first_seen and its (src_ns, dst_ns, action) in `edges`,
-    and every edge of the bucket gets `end` as its last_seen. Buckets are sealed in time order,
-    so an edge's first bucket in these counts is its earliest and its last the latest.
-    This version works in a few collection operations per bucket, not a step per connection.
+    `counted` holds the bucket's connections, each with its highest verdict as `best`, which
+    it lets go of once counted. Edges are counted under their names: `connections` gains one
+    per connection, an edge not counted before gets `start` as its first_seen and its
+    (src_ns, dst_ns, action) in `edges`, and every edge of the bucket gets `end` as its
+    last_seen. Buckets are sealed in time order, so an edge's first bucket in these counts is
+    its earliest and its last the latest. This version counts in a few collection operations
+    per bucket.
     """
-    verdicts = open_verdicts.values()
+    verdicts: list[KeyVerdict] = list(map(_BEST, counted))
+    if None in verdicts:
+        raise TypeError("a counted Connection holds a KeyVerdict")
+    for connection in counted:
+        connection.best = None
     names = list(map(_EDGE_NAME, verdicts))
     known = len(connections)
     connections.update(names)
@@ -171,6 +226,7 @@ def new_key_table() -> KeyVerdicts:
 
 # The C helper's signatures are in _hotpath.pyi; the fallbacks above must match them.
 try:
+    from aggregator._hotpath import Connection as _Connection
     from aggregator._hotpath import KeyTable as _KeyTable
     from aggregator._hotpath import count_known as count_known
     from aggregator._hotpath import flow_head as flow_head
@@ -178,8 +234,11 @@ try:
     from aggregator._hotpath import seal_bucket as seal_bucket
 except ImportError:  # no C compiler at install: the same counts, slower
     _KeyTable = None  # type: ignore[assignment,misc]
+    _Connection = ConnectionPython  # type: ignore[assignment,misc]
     count_known, flow_head = count_known_python, flow_head_python
     read_key = read_key_python
     seal_bucket = seal_bucket_python
+new_connection: Final[Callable[[str], Connection]] = _Connection
+"""new_connection(name): the Connection of that name, counted in no bucket yet."""
 COMPILED: Final = _KeyTable is not None
 """Whether the C helper is in use (the daemon logs it: it decides the receive rate)."""

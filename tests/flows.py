@@ -6,6 +6,7 @@ import pytest
 
 from aggregator import buffer as buffer_module
 from aggregator.hotpath import (
+    ConnectionPython,
     count_known_python,
     flow_head_python,
     read_key_python,
@@ -57,3 +58,4 @@ def use_receive_path(receive_path: str, monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setattr(buffer_module, "new_key_table", dict)
         monkeypatch.setattr(buffer_module, "seal_bucket", seal_bucket_python)
         monkeypatch.setattr(buffer_module, "read_key", read_key_python)
+        monkeypatch.setattr(buffer_module, "new_connection", ConnectionPython)

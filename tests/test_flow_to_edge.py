@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aggregator import buffer as buffer_module
 from aggregator.buffer import EdgeBuffer, EdgeTotals
 from aggregator.mapping import (
     SKIP_BAD_TIME,
@@ -100,6 +101,46 @@ def test_src_and_dst_reports_of_one_connection_count_once() -> None:
     add(buffer, flow_result(start=T0, reporter=pb.Src))
     add(buffer, flow_result(start=T0, reporter=pb.Dst))
     assert sealed_edges(buffer) == {("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1)}
+
+
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
+def test_one_connection_counts_once_when_the_key_memory_empties_within_its_bucket(
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_receive_path(receive_path, monkeypatch)
+    # One key fits: the second fills the memory past its limit and empties it, and the third,
+    # of the first one's connection, is learnt again while that connection is counted.
+    monkeypatch.setattr(buffer_module, "_KEY_CACHE_LIMIT", 1)
+    buffer = new_buffer()
+    buffer.consume(
+        [
+            flow_result(start=T0, reporter=pb.Src).SerializeToString(),
+            flow_result("other", "api", start=T0).SerializeToString(),
+            flow_result(start=T0, reporter=pb.Dst).SerializeToString(),
+        ]
+    )
+    assert sealed_edges(buffer) == {
+        ("frontend", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1),
+        ("other", "api", "allow"): EdgeTotals(T0, T0 + BUCKET, 1),
+    }
+
+
+@pytest.mark.parametrize("receive_path", ["in use", "python"])
+def test_a_bucket_opened_behind_the_newest_counts_its_connections_apart(
+    receive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_receive_path(receive_path, monkeypatch)
+    buffer = new_buffer()
+    # The same connection in two open buckets: the older one opened after the newer.
+    add(buffer, flow_result(start=T0 + BUCKET, reporter=pb.Src, action=pb.Allow))
+    add(buffer, flow_result(start=T0, reporter=pb.Dst, action=pb.Deny))
+    add(buffer, flow_result(start=T0 + BUCKET, reporter=pb.Src, action=pb.Allow))
+    add(buffer, flow_result(start=T0, reporter=pb.Src, action=pb.Allow))
+    assert buffer.sizes() == (2, 0)
+    assert sealed_edges(buffer) == {
+        ("frontend", "api", "deny"): EdgeTotals(T0, T0 + BUCKET, 1),
+        ("frontend", "api", "allow"): EdgeTotals(T0 + BUCKET, T0 + 2 * BUCKET, 1),
+    }
 
 
 def test_ingress_denied_at_destination_makes_one_deny_edge_and_no_allow() -> None:

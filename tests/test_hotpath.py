@@ -17,6 +17,8 @@ from aggregator import buffer as buffer_module
 from aggregator import hotpath
 from aggregator.buffer import MAX_RESULT_BYTES, EdgeBuffer
 from aggregator.hotpath import (
+    Connection,
+    ConnectionPython,
     KeyVerdict,
     KeyVerdicts,
     count_known_python,
@@ -191,7 +193,7 @@ def test_the_c_flow_head_refuses_what_protobuf_refuses_in_the_fields_it_walks() 
         assert hotpath.flow_head(refused) is None, refused.hex()
     with pytest.raises(ValueError, match="negative"):
         hotpath.count_known(
-            [flow], -1, hotpath.new_key_table(), None, None, {}, {}, MAX_RESULT_BYTES
+            [flow], -1, hotpath.new_key_table(), None, None, 0, [], {}, MAX_RESULT_BYTES
         )
 
 
@@ -337,9 +339,10 @@ def test_the_c_read_key_reads_what_protobuf_reads(seed: int) -> None:
 
 def test_a_new_keys_verdict_is_a_whole_key_verdict() -> None:
     fields = key_fields(flow_result("frontend", "api", action=pb.Deny).flow.Key)
-    verdict = buffer_module._key_verdict(fields, 3)
+    connection = hotpath.new_connection(fields[4])
+    verdict = buffer_module._key_verdict(fields, 3, connection)
     assert type(verdict) is KeyVerdict
-    assert verdict == KeyVerdict(fields[4], 3, ("frontend", "api", "deny"), "frontend api deny")
+    assert verdict == KeyVerdict(connection, 3, ("frontend", "api", "deny"), "frontend api deny")
 
 
 def test_a_connection_is_named_by_its_six_fields_and_nothing_else() -> None:
@@ -456,23 +459,39 @@ def test_the_key_table_refuses_what_is_not_a_key() -> None:
 # --- count_known --------------------------------------------------------------------------------
 
 
+def _connection_type(implementation: Callable[..., object]) -> Callable[[str], Connection]:
+    """The Connection that goes with the C or the Python version of a function."""
+    is_python = implementation.__name__.endswith("_python")
+    return ConnectionPython if is_python else hotpath.new_connection
+
+
+def _counted(counted: list[Connection]) -> list[tuple[object, ...]]:
+    """What a bucket counted, comparable between the C and the Python Connection."""
+    return [
+        (c.name, None if c.best is None else (c.best.connection is c, *c.best[1:])) for c in counted
+    ]
+
+
 def _count_known_case(
-    seed: int,
-) -> tuple[list[bytes], dict[bytes, KeyVerdict | str], dict[str, KeyVerdict]]:
+    seed: int, connection_type: Callable[[str], Connection]
+) -> tuple[list[bytes], dict[bytes, KeyVerdict | str]]:
     """A batch of results in every layout, and verdicts for most of their keys (as a dict)."""
     rng = random.Random(seed)
     results = [_random_result(rng) for _ in range(40)]
     batch = [data for result in results for data in list(_layouts(rng, result))[:3]]
     verdicts: dict[bytes, KeyVerdict | str] = {}
+    # Keys of one connection share its Connection, as in the buffer.
+    connections: dict[str, Connection] = {}
     for result in results:
         if rng.random() < 0.8:
             key = result.flow.Key
-            connection = repr((key.source_namespace, key.dest_namespace, key.dest_port))
+            name = repr((key.source_namespace, key.dest_namespace, key.dest_port))
+            connection = connections.setdefault(name, connection_type(name))
             edge = (key.source_namespace, key.dest_namespace, "allow")
             verdicts[key.SerializeToString()] = rng.choice(
                 [KeyVerdict(connection, rng.randrange(4), edge, repr(edge)), "self_edge"]
             )
-    return batch, verdicts, {}
+    return batch, verdicts
 
 
 def _key_table(verdicts: dict[bytes, KeyVerdict | str]) -> KeyVerdicts:
@@ -484,19 +503,20 @@ def _key_table(verdicts: dict[bytes, KeyVerdict | str]) -> KeyVerdicts:
 
 def _run_count_known(
     count_known: Callable[..., int], seed: int
-) -> tuple[list[int], dict[str, KeyVerdict], dict[str, int]]:
-    batch, verdict_dict, open_verdicts = _count_known_case(seed)
+) -> tuple[list[int], list[tuple[object, ...]], dict[str, int]]:
+    batch, verdict_dict = _count_known_case(seed, _connection_type(count_known))
     verdicts = verdict_dict if count_known is count_known_python else _key_table(verdict_dict)
     skipped: dict[str, int] = {}
+    counted: list[Connection] = []
     stops = []
     index = 0
     while index < len(batch):
         index = count_known(
-            batch, index, verdicts, T0, T0 + BUCKET, open_verdicts, skipped, MAX_RESULT_BYTES
+            batch, index, verdicts, T0, T0 + BUCKET, 1, counted, skipped, MAX_RESULT_BYTES
         )
         stops.append(index)
         index += 1
-    return stops, open_verdicts, skipped
+    return stops, _counted(counted), skipped
 
 
 @compiled
@@ -512,7 +532,7 @@ def test_count_known_stops_where_the_buffer_must_apply_every_rule(
     known = flow_result(start=T0)
     key = known.flow.Key.SerializeToString()
     edge = ("frontend", "api", "allow")
-    verdict = KeyVerdict("c", 2, edge, repr(edge))
+    verdict = KeyVerdict(_connection_type(count)("c"), 2, edge, repr(edge))
     unknown = flow_result(src_ns="other", start=T0)
     later = flow_result(start=T0 + BUCKET)
     oversized = flow_result(start=T0)
@@ -525,18 +545,86 @@ def test_count_known_stops_where_the_buffer_must_apply_every_rule(
         b"\xff",
         oversized.SerializeToString(),
     ]
-    open_verdicts: dict[str, KeyVerdict] = {}
+    counted: list[Connection] = []
     known_keys = _key_table({key: verdict})
-    assert count(batch, 0, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 1
-    assert open_verdicts == {"c": verdict}
-    assert count(batch, 2, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 2
-    assert count(batch, 3, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 3
-    assert count(batch, 4, known_keys, T0, T0 + BUCKET, open_verdicts, {}, limit) == 4
-    assert count(batch, 4, known_keys, T0, T0 + BUCKET, open_verdicts, {}, 2 * limit) == 5
-    assert count(batch, 0, known_keys, None, None, open_verdicts, {}, limit) == 0
+    assert count(batch, 0, known_keys, T0, T0 + BUCKET, 1, counted, {}, limit) == 1
+    assert counted == [verdict.connection]
+    assert verdict.connection.best is verdict
+    assert count(batch, 2, known_keys, T0, T0 + BUCKET, 1, counted, {}, limit) == 2
+    assert count(batch, 3, known_keys, T0, T0 + BUCKET, 1, counted, {}, limit) == 3
+    assert count(batch, 4, known_keys, T0, T0 + BUCKET, 1, counted, {}, limit) == 4
+    assert count(batch, 4, known_keys, T0, T0 + BUCKET, 1, counted, {}, 2 * limit) == 5
+    assert count(batch, 0, known_keys, None, None, 1, counted, {}, limit) == 0
+    assert counted == [verdict.connection]  # the oversized one is the same key, same bucket
+
+
+@pytest.mark.parametrize("count", [hotpath.count_known, count_known_python])
+def test_count_known_counts_a_connection_once_per_bucket_with_its_highest_verdict(
+    count: Callable[..., int],
+) -> None:
+    edge = ("frontend", "api", "allow")
+    connection = _connection_type(count)("c")
+    by_source = flow_result(start=T0, reporter=pb.Src)
+    by_destination = flow_result(start=T0, reporter=pb.Dst)
+    lower = KeyVerdict(connection, 1, edge, "lower")
+    higher = KeyVerdict(connection, 3, edge, "higher")
+    known_keys = _key_table(
+        {
+            by_source.flow.Key.SerializeToString(): lower,
+            by_destination.flow.Key.SerializeToString(): higher,
+        }
+    )
+    batch = [by_source.SerializeToString(), by_destination.SerializeToString()] * 2
+    counted: list[Connection] = []
+    assert count(batch, 0, known_keys, T0, T0 + BUCKET, 7, counted, {}, MAX_RESULT_BYTES) == 4
+    assert counted == [connection]
+    assert connection.best is higher and connection.generation == 7
+    # The next bucket (another generation) counts it afresh, from its first verdict.
+    counted = []
+    assert count(batch[:1], 0, known_keys, T0, T0 + BUCKET, 8, counted, {}, MAX_RESULT_BYTES) == 1
+    assert counted == [connection] and connection.best is lower
+
+
+@compiled
+def test_the_c_count_known_refuses_a_verdict_without_a_connection() -> None:
+    result = flow_result(start=T0)
+    no_connection = ("c", 1, ("a", "b", "allow"), "a b allow")
+    known_keys = _key_table({result.flow.Key.SerializeToString(): no_connection})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="Connection"):
+        hotpath.count_known(
+            [result.SerializeToString()], 0, known_keys, T0, T0 + BUCKET, 1, [], {}, 1_000
+        )
+
+
+@compiled
+def test_a_connection_in_a_reference_cycle_is_collected() -> None:
+    class Marker:
+        pass
+
+    marker = Marker()
+    connection = hotpath.new_connection("c")
+    # Its verdict refers to it, as every verdict refers to its connection.
+    connection.best = KeyVerdict(connection, 1, ("a", "b", "allow"), marker)  # type: ignore[arg-type]
+    watched = weakref.ref(marker)
+    del connection, marker
+    gc.collect()
+    assert watched() is None
 
 
 # --- seal_bucket ---------------------------------------------------------------------------------
+
+
+def _bucket_of(
+    connection_type: Callable[[str], Connection],
+    verdicts: dict[str, tuple[int, tuple[str, str, str]]],
+) -> list[Connection]:
+    """The counted list of a bucket: a Connection per name, holding its verdict."""
+    counted = []
+    for name, (rank, edge) in verdicts.items():
+        connection = connection_type(name)
+        connection.best = KeyVerdict(connection, rank, edge, " ".join(edge))
+        counted.append(connection)
+    return counted
 
 
 def _sealed_counts(seal_bucket: Callable[..., None], seed: int) -> tuple[object, ...]:
@@ -547,14 +635,13 @@ def _sealed_counts(seal_bucket: Callable[..., None], seed: int) -> tuple[object,
     last_seen: dict[str, int] = {}
     edges: dict[str, tuple[str, str, str]] = {}
     for bucket in range(6):
-        open_verdicts: dict[str, KeyVerdict] = {}
+        verdicts = {}
         for connection in rng.sample(range(30), rng.randrange(30)):
             edge = (f"ns-{connection % 7}", "api", rng.choice(["allow", "deny"]))
-            open_verdicts[f"c{connection}"] = KeyVerdict(
-                f"c{connection}", rng.randrange(4), edge, " ".join(edge)
-            )
+            verdicts[f"c{connection}"] = (rng.randrange(4), edge)
+        counted = _bucket_of(_connection_type(seal_bucket), verdicts)
         start = T0 + bucket * BUCKET
-        seal_bucket(open_verdicts, start, start + BUCKET, connections, first_seen, last_seen, edges)
+        seal_bucket(counted, start, start + BUCKET, connections, first_seen, last_seen, edges)
     return connections, first_seen, last_seen, edges
 
 
@@ -569,14 +656,10 @@ def test_seal_bucket_counts_each_connection_once_from_the_edges_first_bucket_to_
     seal_bucket: Callable[..., None],
 ) -> None:
     allowed, denied, new = ("web", "api", "allow"), ("web", "db", "deny"), ("job", "db", "allow")
-
-    def verdict(connection: str, edge: tuple[str, str, str]) -> KeyVerdict:
-        return KeyVerdict(connection, 1, edge, " ".join(edge))
-
     buckets = [
-        [verdict("c1", allowed), verdict("c2", allowed), verdict("c3", denied)],
-        [verdict("c1", allowed), verdict("c4", new)],
-        [verdict("c3", denied)],
+        {"c1": (1, allowed), "c2": (1, allowed), "c3": (1, denied)},
+        {"c1": (1, allowed), "c4": (1, new)},
+        {"c3": (1, denied)},
     ]
     connections: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
@@ -584,8 +667,10 @@ def test_seal_bucket_counts_each_connection_once_from_the_edges_first_bucket_to_
     edges: dict[str, tuple[str, str, str]] = {}
     for number, verdicts in enumerate(buckets):
         start = T0 + number * BUCKET
-        open_verdicts = {verdict.connection: verdict for verdict in verdicts}
-        seal_bucket(open_verdicts, start, start + BUCKET, connections, first_seen, last_seen, edges)
+        counted = _bucket_of(_connection_type(seal_bucket), verdicts)
+        seal_bucket(counted, start, start + BUCKET, connections, first_seen, last_seen, edges)
+        # Counted, a connection lets go of its verdict (which refers back to it).
+        assert [connection.best for connection in counted] == [None] * len(counted)
     assert connections == {"web api allow": 3, "web db deny": 2, "job db allow": 1}
     assert first_seen == {"web api allow": T0, "web db deny": T0, "job db allow": T0 + BUCKET}
     assert last_seen == {
@@ -596,10 +681,22 @@ def test_seal_bucket_counts_each_connection_once_from_the_edges_first_bucket_to_
     assert edges == {"web api allow": allowed, "web db deny": denied, "job db allow": new}
 
 
-@compiled
-def test_the_c_seal_bucket_refuses_a_verdict_that_is_not_a_key_verdict() -> None:
+@pytest.mark.parametrize("seal_bucket", [hotpath.seal_bucket, seal_bucket_python])
+def test_seal_bucket_refuses_a_connection_that_holds_no_key_verdict(
+    seal_bucket: Callable[..., None],
+) -> None:
+    connection = _connection_type(seal_bucket)("c")
     with pytest.raises(TypeError, match="KeyVerdict"):
-        hotpath.seal_bucket({"c": ("c", 1)}, T0, T0 + BUCKET, Counter(), {}, {}, {})
+        seal_bucket([connection], T0, T0 + BUCKET, Counter(), {}, {}, {})
+
+
+@compiled
+def test_the_c_seal_bucket_refuses_what_is_not_a_counted_connection() -> None:
+    connection = hotpath.new_connection("c")
+    connection.best = ("c", 1)  # type: ignore[assignment]
+    for counted in ([connection], [("c", 1)]):
+        with pytest.raises(TypeError, match="KeyVerdict"):
+            hotpath.seal_bucket(counted, T0, T0 + BUCKET, Counter(), {}, {}, {})
 
 
 # --- the buffer on either implementation ---------------------------------------------------------
