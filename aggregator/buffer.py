@@ -164,11 +164,10 @@ class _OpenBucket:
         if self.generation:
             keep_highest(verdict, self.generation, self.counted)
             return
-        connection = self.behind.get(verdict.connection.name)
+        name = verdict.connection.name
+        connection = self.behind.get(name)
         if connection is None:
-            connection = self.behind[verdict.connection.name] = new_connection(
-                verdict.connection.name
-            )
+            connection = self.behind[name] = new_connection(name)
             self.counted.append(connection)
         if connection.best is None or connection.best.rank < verdict.rank:
             connection.best = verdict
