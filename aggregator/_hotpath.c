@@ -860,6 +860,73 @@ static int keep_highest(PyObject *verdict, unsigned long long generation, PyObje
     return 0;
 }
 
+/* --- count_known's lookahead ------------------------------------------------------------
+ *
+ * A known key's count follows four pointers: its slot in the table, the stored key it is
+ * compared with, its verdict, and the verdict's Connection. Between two batches gRPC's own
+ * work pushes all of these out of the caches, and fetching each from memory in turn cost more
+ * time than the instructions around it. So count_known reads results ahead of the one it
+ * counts and asks the CPU to fetch what that one will need: its slot 8 results ahead, then
+ * the slot's key and verdict, then the Connection. A prefetch is only a hint: the count
+ * itself looks everything up as before.
+ */
+
+#define LOOKAHEAD 8 /* results read ahead; the ring below holds them */
+#define RING 16     /* a power of two above LOOKAHEAD */
+
+#if defined(__GNUC__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
+typedef struct {
+    PyObject *data; /* the result, a reference held while its key is pointed into */
+    const uint8_t *key;
+    Py_ssize_t key_length;
+    int64_t times[2];
+    uint64_t hash;
+    int simple; /* within max_bytes and parse_head reads it */
+} Head;
+
+/* Reads one result's head and asks for its slot. */
+static void read_ahead(const KeyTable *table, PyObject *data, Py_ssize_t max_bytes, Head *head) {
+    head->data = Py_NewRef(data);
+    head->simple = PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= max_bytes &&
+                   parse_head((const uint8_t *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                              &head->key, &head->key_length, head->times);
+    if (head->simple) {
+        head->hash = hash_key(head->key, head->key_length, table->secrets);
+        PREFETCH(&table->entries[(size_t)head->hash & (table->capacity - 1)]);
+    }
+}
+
+/* The entry whose hash is the head's, in its first slot (where most keys are), or NULL. */
+static const KeyEntry *first_entry(const KeyTable *table, const Head *head) {
+    const KeyEntry *entry = &table->entries[(size_t)head->hash & (table->capacity - 1)];
+    return head->simple && entry->key != NULL && entry->hash == head->hash ? entry : NULL;
+}
+
+/* Asks for the stored key and the verdict of a head whose slot has arrived. */
+static void fetch_entry(const KeyTable *table, const Head *head) {
+    const KeyEntry *entry = first_entry(table, head);
+    if (entry != NULL) {
+        const char *stored = PyBytes_AS_STRING(entry->key);
+        for (Py_ssize_t at = 0; at < head->key_length; at += 64) {
+            PREFETCH(stored + at);
+        }
+        PREFETCH(entry->value);
+    }
+}
+
+/* Asks for the Connection of a head whose verdict has arrived. */
+static void fetch_connection(const KeyTable *table, const Head *head) {
+    const KeyEntry *entry = first_entry(table, head);
+    if (entry != NULL && PyTuple_Check(entry->value) && PyTuple_GET_SIZE(entry->value) >= 1) {
+        PREFETCH(PyTuple_GET_ITEM(entry->value, 0));
+    }
+}
+
 static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *batch, *verdicts, *open_start_object, *open_end_object, *counted, *skipped;
     Py_ssize_t index, max_bytes;
@@ -883,31 +950,42 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
             return NULL;
         }
     }
+    const KeyTable *table = (const KeyTable *)verdicts;
+    Head ring[RING];
+    Py_ssize_t read = index;
+    int failed = 0;
     for (; index < PyList_GET_SIZE(batch); index++) {
-        PyObject *data = PyList_GET_ITEM(batch, index);
-        const uint8_t *key;
-        Py_ssize_t key_length;
-        int64_t times[2];
-        if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > max_bytes ||
-            !parse_head((const uint8_t *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &key,
-                        &key_length, times)) {
+        Py_ssize_t size = PyList_GET_SIZE(batch);
+        for (; read < size && read <= index + LOOKAHEAD; read++) {
+            read_ahead(table, PyList_GET_ITEM(batch, read), max_bytes, &ring[read % RING]);
+        }
+        if (index + LOOKAHEAD / 2 < read) {
+            fetch_entry(table, &ring[(index + LOOKAHEAD / 2) % RING]);
+        }
+        if (index + LOOKAHEAD / 4 < read) {
+            fetch_connection(table, &ring[(index + LOOKAHEAD / 4) % RING]);
+        }
+        const Head *head = &ring[index % RING];
+        if (!head->simple) {
             break;
         }
-        PyObject *verdict = key_table_lookup((KeyTable *)verdicts, key, key_length);
-        if (verdict == NULL || !has_open || times[0] != open_start || times[1] != open_end) {
+        PyObject *verdict =
+            key_table_find(table, head->key, head->key_length, head->hash)->value;
+        if (verdict == NULL || !has_open || head->times[0] != open_start ||
+            head->times[1] != open_end) {
             break;
         }
-        if (PyTuple_Check(verdict)) {
-            if (keep_highest(verdict, generation, counted) < 0) {
-                return NULL;
-            }
-        } else {
-            if (increment(skipped, verdict) < 0) {
-                return NULL;
-            }
+        if (PyTuple_Check(verdict) ? keep_highest(verdict, generation, counted) < 0
+                                   : increment(skipped, verdict) < 0) {
+            failed = 1;
+            break;
         }
+        Py_DECREF(head->data);
     }
-    return PyLong_FromSsize_t(index);
+    for (Py_ssize_t at = index; at < read; at++) { /* read ahead, not counted */
+        Py_DECREF(ring[at % RING].data);
+    }
+    return failed ? NULL : PyLong_FromSsize_t(index);
 }
 
 /* Counts each connection of a sealed bucket once, for the edge of its highest verdict, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import random
 import shutil
+import sys
 import sysconfig
 import weakref
 from collections import Counter
@@ -583,6 +584,34 @@ def test_count_known_counts_a_connection_once_per_bucket_with_its_highest_verdic
     counted = []
     assert count(batch[:1], 0, known_keys, T0, T0 + BUCKET, 8, counted, {}, MAX_RESULT_BYTES) == 1
     assert counted == [connection] and connection.best is lower
+
+
+@compiled
+def test_the_c_count_known_stops_at_the_first_result_it_cannot_count_whatever_it_read_ahead() -> (
+    None
+):
+    known = flow_result(start=T0)
+    edge = ("frontend", "api", "allow")
+    verdict = KeyVerdict(hotpath.new_connection("c"), 2, edge, repr(edge))
+    refused = flow_result(src_ns="refused", start=T0)
+    no_connection = ("c", 1, edge, "no connection")
+    known_keys = _key_table(
+        {
+            known.flow.Key.SerializeToString(): verdict,
+            refused.flow.Key.SerializeToString(): no_connection,  # type: ignore[dict-item]
+        }
+    )
+    # Distinct objects, so that a reference kept to any of them shows in its count.
+    batch = [known.SerializeToString() for _ in range(60)]
+    batch[37] = flow_result(src_ns="unknown", start=T0).SerializeToString()
+    batch[45] = refused.SerializeToString()
+    references = [sys.getrefcount(data) for data in batch]
+    counted: list[Connection] = []
+    assert hotpath.count_known(batch, 3, known_keys, T0, T0 + BUCKET, 1, counted, {}, 2_000) == 37
+    assert counted == [verdict.connection]
+    with pytest.raises(TypeError, match="Connection"):
+        hotpath.count_known(batch, 38, known_keys, T0, T0 + BUCKET, 1, counted, {}, 2_000)
+    assert [sys.getrefcount(data) for data in batch] == references
 
 
 @compiled

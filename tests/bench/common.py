@@ -398,16 +398,36 @@ def run_worker_process(
 
     The process inherits this one's CPU affinity: set it to the client's CPU first.
     """
-    command = [sys.executable, str(script), "--worker", kind, *worker_args]
-    if loadgen_pid is not None:
-        command += ["--loadgen-pid", str(loadgen_pid)]
-    completed = subprocess.run(
-        command, stdout=subprocess.PIPE, env=client_environment(), check=False, timeout=timeout
-    )
-    if completed.returncode != 0:
-        raise SystemExit(f"{prog()}: client process {kind} failed ({completed.returncode})")
-    result: dict[str, Any] = json.loads(completed.stdout.decode().strip().splitlines()[-1])
-    return result
+    return run_worker_processes(script, [(kind, worker_args, loadgen_pid)], timeout)[0]
+
+
+def run_worker_processes(
+    script: Path, workers: Sequence[tuple[str, list[str], int | None]], timeout: float
+) -> list[dict[str, Any]]:
+    """Run measurements (kind, worker arguments, load generator pid) at the same time.
+
+    Each runs in a fresh process, as `run_worker_process`; their JSON result lines, in order.
+    """
+    processes = []
+    try:
+        for kind, worker_args, loadgen_pid in workers:
+            command = [sys.executable, str(script), "--worker", kind, *worker_args]
+            if loadgen_pid is not None:
+                command += ["--loadgen-pid", str(loadgen_pid)]
+            env = client_environment()
+            processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env))
+        results = []
+        for (kind, _, _), process in zip(workers, processes, strict=True):
+            stdout, _ = process.communicate(timeout=timeout)
+            if process.returncode != 0:
+                raise SystemExit(f"{prog()}: client process {kind} failed ({process.returncode})")
+            results.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def worker_timeout(results: int) -> float:

@@ -13,8 +13,11 @@ generator gets one CPU; the client processes get the other, so the figures are p
      our own code).
 
 Each measurement runs in a fresh Python process (so peak RSS and warm-up are its own), 3
-times, interleaved; the table shows medians. Run from the repository root with the dev
-virtualenv:
+times, interleaved; the table shows medians. The speed of these VMs drifts by tens of percent
+over seconds, more than B differs from A, so A and B then also run at the same time, sharing
+the client core, 3 times: both see the same machine speed, and the ratio of their results per
+CPU-second is B / A with the drift taken out (each run's time slices stay a few ms apart).
+Run from the repository root with the dev virtualenv:
 
   python tests/bench/receive_path.py                 # 300,000 results per run, under 2 minutes
   python tests/bench/receive_path.py --results 1000000 --distinct-edges 5000
@@ -53,6 +56,7 @@ from common import (
     peak_rss_kib,
     read_messages,
     run_worker_process,
+    run_worker_processes,
     start_loadgen,
     stop_loadgen,
     tool_versions,
@@ -169,6 +173,18 @@ def run_client(kind: str, worker_args: list[str], results: int, loadgen: Popen[b
     return RunResult(**fields)
 
 
+def run_clients_sharing_the_core(
+    worker_args: list[str], results: int, loadgen: Popen[bytes]
+) -> tuple[RunResult, RunResult]:
+    """A and B at the same time on the client core (this process's affinity): (A, B)."""
+    check_loadgen(loadgen)
+    script = Path(__file__).resolve()
+    timeout = 2 * worker_timeout(results)
+    workers = [(kind, worker_args, loadgen.pid) for kind in ("A", "B")]
+    a, b = run_worker_processes(script, workers, timeout)
+    return RunResult(**a), RunResult(**b)
+
+
 def _versions(client_cpu: int, server_cpu: int) -> str:
     return (
         f"machine: nproc {os.cpu_count()}, {tool_versions()}; "
@@ -194,7 +210,21 @@ def _row(label: str, runs: list[RunResult]) -> str:
     )
 
 
-def report(runs: dict[str, list[RunResult]], data: DataSet, *, smoke: bool) -> bool:
+def _shared_core_line(pairs: list[tuple[RunResult, RunResult]]) -> str:
+    ratios = sorted(b.rate_per_cpu / a.rate_per_cpu for a, b in pairs)
+    return (
+        f"B/A sharing the core (results per CPU-second, same machine speed): "
+        f"{statistics.median(ratios):.3f} ({ratios[0]:.3f}-{ratios[-1]:.3f}, {len(ratios)} runs)"
+    )
+
+
+def report(
+    runs: dict[str, list[RunResult]],
+    shared: list[tuple[RunResult, RunResult]],
+    data: DataSet,
+    *,
+    smoke: bool,
+) -> bool:
     """Print the table and the sanity checks; False when the results were wrong."""
     print()
     print(
@@ -208,6 +238,7 @@ def report(runs: dict[str, list[RunResult]], data: DataSet, *, smoke: bool) -> b
     a = statistics.median(r.rate for r in runs["A"])
     b = statistics.median(r.rate for r in runs["B"])
     print(f"{'B/A':<40} {b / a:>10.2f}")
+    print(_shared_core_line(shared))
     print("(CPU: share of one core while streaming; C's RSS includes all messages held in memory)")
     client_cpu = statistics.median(r.cpu_seconds / r.seconds for r in runs["A"] + runs["B"])
     if client_cpu < 0.9 and not smoke:
@@ -219,14 +250,18 @@ def report(runs: dict[str, list[RunResult]], data: DataSet, *, smoke: bool) -> b
     print()
 
     ok = True
+    every_run = {kind: [*runs[kind]] for kind in runs}
+    for a_run, b_run in shared:
+        every_run["A"].append(a_run)
+        every_run["B"].append(b_run)
     for kind in ("A", "B", "C"):
-        short = [r.count for r in runs[kind] if r.count != data.count]
+        short = [r.count for r in every_run[kind] if r.count != data.count]
         if short:
             print(f"FAIL: {kind} received {short} of {data.count:,} results")
             ok = False
     expected = (data.expected_open, data.expected_sealed, 0)
     for kind in ("B", "C"):
-        for r in runs[kind]:
+        for r in every_run[kind]:
             got = (r.open_entries, r.sealed_edges, r.skipped)
             if got != expected:
                 print(f"FAIL: {kind} buffer (open, sealed, skipped) = {got}, expected {expected}")
@@ -295,10 +330,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     runs[kind].append(result)
                     line.append(f"{kind} {result.rate:,.0f}/s")
                 print(f"run {repeat + 1}/{repeats}: " + ", ".join(line), flush=True)
+            shared = []
+            for repeat in range(repeats):
+                pair = run_clients_sharing_the_core(worker_args, results, loadgen)
+                shared.append(pair)
+                print(f"sharing the core {repeat + 1}/{repeats}: {_shared_core_line([pair])}")
         finally:
             if loadgen is not None:
                 stop_loadgen(loadgen)
-    return 0 if report(runs, data, smoke=args.smoke) else 1
+    return 0 if report(runs, shared, data, smoke=args.smoke) else 1
 
 
 def main() -> int:
