@@ -873,6 +873,7 @@ static int keep_highest(PyObject *verdict, unsigned long long generation, PyObje
 
 #define LOOKAHEAD 8 /* results read ahead; the ring below holds them */
 #define RING 16     /* a power of two above LOOKAHEAD */
+_Static_assert(RING > LOOKAHEAD && (RING & (RING - 1)) == 0, "the ring holds the lookahead");
 
 #if defined(__GNUC__)
 #define PREFETCH(address) __builtin_prefetch(address)
@@ -903,8 +904,11 @@ static void read_ahead(const KeyTable *table, PyObject *data, Py_ssize_t max_byt
 
 /* The entry whose hash is the head's, in its first slot (where most keys are), or NULL. */
 static const KeyEntry *first_entry(const KeyTable *table, const Head *head) {
+    if (!head->simple) {
+        return NULL;
+    }
     const KeyEntry *entry = &table->entries[(size_t)head->hash & (table->capacity - 1)];
-    return head->simple && entry->key != NULL && entry->hash == head->hash ? entry : NULL;
+    return entry->key != NULL && entry->hash == head->hash ? entry : NULL;
 }
 
 /* Asks for the stored key and the verdict of a head whose slot has arrived. */
@@ -950,13 +954,19 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
             return NULL;
         }
     }
+    if (!has_open) {
+        return PyLong_FromSsize_t(index); /* no result can be counted */
+    }
     const KeyTable *table = (const KeyTable *)verdicts;
     Head ring[RING];
-    Py_ssize_t read = index;
+    Py_ssize_t first = index, read = index;
     int failed = 0;
     for (; index < PyList_GET_SIZE(batch); index++) {
         Py_ssize_t size = PyList_GET_SIZE(batch);
-        for (; read < size && read <= index + LOOKAHEAD; read++) {
+        /* As far ahead as this call has counted, up to LOOKAHEAD: where the buffer calls again
+         * after each result it could not count, each call reads little it does not count. */
+        Py_ssize_t ahead = index - first < LOOKAHEAD ? index - first : LOOKAHEAD;
+        for (; read < size && read <= index + ahead; read++) {
             read_ahead(table, PyList_GET_ITEM(batch, read), max_bytes, &ring[read % RING]);
         }
         if (index + LOOKAHEAD / 2 < read) {
@@ -971,8 +981,7 @@ static PyObject *count_known(PyObject *Py_UNUSED(module), PyObject *args) {
         }
         PyObject *verdict =
             key_table_find(table, head->key, head->key_length, head->hash)->value;
-        if (verdict == NULL || !has_open || head->times[0] != open_start ||
-            head->times[1] != open_end) {
+        if (verdict == NULL || head->times[0] != open_start || head->times[1] != open_end) {
             break;
         }
         if (PyTuple_Check(verdict) ? keep_highest(verdict, generation, counted) < 0

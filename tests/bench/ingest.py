@@ -36,13 +36,15 @@ percent; the column `other` shows when another process took the core, and the F/
 interleaved pair shows how far the drift went).
 
 Run one after the other, A and F rarely meet the same machine speed: the F/A of a pair at 100k
-has ranged from 0.5 to 1.6 on one VM. So A and F also run at the same time, each with a load
+has ranged from 0.5 to 1.7 on one VM. So A and F also run at the same time, each with a load
 generator of its own, sharing the client core: the scheduler interleaves them a few ms at a
 time, both see the same speed, and F/A is the ratio of their results per CPU-second (F's
 includes its PostgreSQL backends' CPU, which /proc counts in 10 ms ticks). Such pairs agree
 far better (at 100k in one run: 0.82-0.91, where the pairs run apart gave 0.62-1.29), and the
-target of 90% is judged on their median (6 pairs at 100k, 3 at 1M, 1 at 5M). Sharing the core
-costs both some cache misses; F, which holds more, loses more, so the figure errs against F.
+target of 90% is judged on their median (6 pairs at 100k, 3 at 1M, 1 at 5M). The two start
+together, but F first starts its daemon and A, the faster, ends first: F's last part and final
+flush run alone, a tenth or so of a 100k pair and a few percent of longer ones. F's clock, as in
+its runs apart, starts once its first batch of results is counted, A's at its first result.
 
 Each F run is checked: every result received, none skipped, no reconnect, and the trail holds
 exactly the edges and counts of the buckets sealed (the last bucket is still open when the
@@ -258,6 +260,14 @@ def _measure_raw(args: argparse.Namespace) -> Run:
     )
 
 
+def _is_postgres(pid: int) -> bool:
+    """Whether `pid` is a PostgreSQL process on this machine."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
 class _StatementCounter:
     """Counts the SQL statements the daemon's store executes, on its own connections.
 
@@ -275,12 +285,16 @@ class _StatementCounter:
         self.backend_cpu_at_close: dict[int, float] = {}
 
     def database_cpu_seconds(self) -> float:
-        """CPU time of the connections' backends so far (of a closed one, until it closed)."""
+        """CPU time of the connections' backends so far (of a closed one, until it closed).
+
+        Counted where PostgreSQL runs on this machine; elsewhere (or in a container of its own)
+        the backend's pid is not one of ours to read, and it counts 0.
+        """
         total = 0.0
         for pid in self.backend_pids:
             if pid in self.backend_cpu_at_close:
                 total += self.backend_cpu_at_close[pid]
-            elif Path(f"/proc/{pid}").exists():  # PostgreSQL on this machine
+            elif _is_postgres(pid):
                 total += cpu_seconds_of(pid)
         return total
 
@@ -301,7 +315,7 @@ class _StatementCounter:
             real_close = conn.close
 
             def close() -> None:
-                if Path(f"/proc/{pid}").exists():
+                if _is_postgres(pid):
                     counter.backend_cpu_at_close[pid] = cpu_seconds_of(pid)
                 real_close()
 
